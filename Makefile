@@ -1,0 +1,36 @@
+# Two commands do everything: `make tutorial` runs the notebooks, `make test` runs the tests.
+# Each sets itself up first: a virtual environment in .venv/ with the pinned packages, and the
+# tiny GLM-4 in weights/tiny-glm4 when it is missing or its recipe changed.
+
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+TINY := weights/tiny-glm4/config.json
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+.PHONY: setup tiny tutorial test clean
+
+setup: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	@$(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "error: the course needs Python 3.11 or newer; install it, or run: make PY=/path/to/python3.11"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -e .
+	@touch $@
+
+tiny: $(TINY)
+
+$(TINY): $(INSTALLED) helpers/tiny.py helpers/glm4_chat_template.jinja data/corpus_zh.txt data/alpaca_zh_sample.json
+	$(OFFLINE) $(PYTHON) -m helpers.tiny
+
+tutorial: setup tiny
+	$(PYTHON) -m helpers.tutorial
+
+test: setup tiny
+	$(OFFLINE) $(PYTHON) -m pytest
+
+clean:
+	rm -rf runs outputs swanlog .pytest_cache

@@ -1,0 +1,196 @@
+"""Alpaca-format data: load the sample or the full set, check every row, say what is wrong.
+
+Taught in notebook 03. One loader for every source:
+
+    load_alpaca("sample")                       # data/alpaca_zh_sample.json + data/identity_zh.json
+    load_alpaca("sample", split="test")         # data/heldout_zh.json, the fixed held-out split
+    load_alpaca("data/alpaca_gpt4_data_zh.json") # a local .json (list) or .jsonl file
+    load_alpaca("llamafactory/alpaca_gpt4_zh")  # the full 42,677 rows from the Hugging Face hub
+    load_alpaca("modelscope:llamafactory/alpaca_gpt4_zh")  # the same from ModelScope
+
+    python -m helpers.data FILE [FILE ...]      # row count, field statistics, every problem
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from helpers import CourseError, resolve, run_cli
+
+FIELDS = ("instruction", "input", "output")
+FULL_DATA_ID = "llamafactory/alpaca_gpt4_zh"  # 42,677 rows; the same id on ModelScope
+SAMPLE = {
+    "train": ("data/alpaca_zh_sample.json", "data/identity_zh.json"),
+    "test": ("data/heldout_zh.json",),
+}
+
+
+class DataError(CourseError):
+    """A data file or row the course cannot use."""
+
+
+def read_rows(path) -> list:
+    """The rows of a local .json (a list of objects) or .jsonl (one object a line) file."""
+    path = resolve(path)
+    shown = path.name if path.parent == resolve("data") else str(path)
+    if not path.is_file():
+        raise DataError(f"{shown} not found: check the path, or use 'sample' for the data in data/.")
+    text = path.read_text(encoding="utf-8-sig")
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{shown} line {n} is not valid JSON ({err.msg}): fix that line.") from None
+        return rows
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataError(
+            f"{shown} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}): "
+            "fix the file there, or save it again as a JSON list of rows."
+        ) from None
+    if isinstance(rows, dict) and isinstance(rows.get("train"), list):
+        rows = rows["train"]
+    if not isinstance(rows, list):
+        raise DataError(f"{shown} holds a JSON {type(rows).__name__}, not a list of rows: "
+                        "write it as [{\"instruction\": ..., \"input\": ..., \"output\": ...}, ...].")
+    return rows
+
+
+def row_problem(row) -> str | None:
+    """What is wrong with one row, with the fix, or None when it is usable."""
+    if not isinstance(row, dict):
+        return f"is a JSON {type(row).__name__}, not an object: write it as {{\"instruction\": ..., \"output\": ...}}"
+    for field in FIELDS:
+        if field not in row:
+            if field == "input":
+                continue  # Alpaca allows it to be left out: it means ""
+            return f"has no '{field}' field: add it as a string"
+        value = row[field]
+        if not isinstance(value, str):
+            return (f"'{field}' is a {type(value).__name__}, not a string: "
+                    "write it in quotes (use \"\" for an empty input)")
+        if field != "input" and not value.strip():
+            return f"'{field}' is empty: write it, or remove the row"
+    return None
+
+
+def check_rows(rows: list, source: str) -> list[str]:
+    """One line per unusable row: where it is, what is wrong, the fix. Rows count from 1."""
+    return [f"{source} row {n}: {p}" for n, row in enumerate(rows, 1) if (p := row_problem(row))]
+
+
+def clean_rows(rows: list, source: str, drop_bad: bool = False) -> list[dict]:
+    """Rows as ``{instruction, input, output}`` dicts; bad rows stop the run, or are dropped and counted."""
+    problems = check_rows(rows, source)
+    if problems:
+        if not drop_bad:
+            more = f" (and {len(problems) - 1} more; `python -m helpers.data` lists them all)" if len(problems) > 1 else ""
+            raise DataError(f"{problems[0]}{more}.")
+        print(f"dropped {len(problems)} of {len(rows)} rows from {source} that cannot be used "
+              f"(first: {problems[0]})")
+    return [{f: row.get(f, "") for f in FIELDS} for row in rows if row_problem(row) is None]
+
+
+def in_test_split(row: dict, test_fraction: float) -> bool:
+    """A stable split: a row's side depends only on its text, never on order or a seed."""
+    key = (row["instruction"] + "\x00" + row["input"]).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64 < test_fraction
+
+
+def load_alpaca(source: str = "sample", split: str = "train", test_fraction: float = 0.02,
+                drop_bad: bool = False):
+    """A ``datasets.Dataset`` of checked Alpaca rows from any source (see the module docstring).
+
+    ``split`` is "train", "test" or "all". The sample has fixed files for each; any other source
+    is split by ``in_test_split``, so the held-out rows stay the same however the file is ordered.
+    """
+    from datasets import Dataset
+
+    if split not in ("train", "test", "all"):
+        raise DataError(f"unknown split {split!r}: use 'train', 'test' or 'all'.")
+    if source == "sample":
+        names = SAMPLE["train"] + SAMPLE["test"] if split == "all" else SAMPLE[split]
+        rows = [r for name in names for r in clean_rows(read_rows(name), Path(name).name, drop_bad)]
+        return Dataset.from_list(rows)
+    if source.startswith("modelscope:"):
+        rows = _from_modelscope(source.removeprefix("modelscope:"))
+    elif resolve(source).suffix in (".json", ".jsonl") or resolve(source).exists():
+        rows = read_rows(source)
+    else:
+        rows = _from_hub(source)
+    rows = clean_rows(rows, source, drop_bad)
+    if split != "all":
+        rows = [r for r in rows if in_test_split(r, test_fraction) == (split == "test")]
+    return Dataset.from_list(rows)
+
+
+def _from_hub(repo_id: str) -> list:
+    import datasets
+
+    try:
+        return datasets.load_dataset(repo_id, split="train").to_list()
+    except Exception as err:
+        raise DataError(
+            f"could not load {repo_id} from the Hugging Face hub ({type(err).__name__}): "
+            "check the network or HF_ENDPOINT (unset HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), use "
+            f"'modelscope:{FULL_DATA_ID}', or pass a local JSON file (data/README.md)."
+        ) from None
+
+
+def _from_modelscope(dataset_id: str) -> list:
+    try:
+        from modelscope.msdatasets import MsDataset
+
+        return list(MsDataset.load(dataset_id, split="train"))
+    except Exception as err:
+        raise DataError(
+            f"could not load {dataset_id} from ModelScope ({type(err).__name__}): check the network, "
+            "or pass a local JSON file (data/README.md)."
+        ) from None
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Row count, how many have an input, and characters per field (min / mean / max)."""
+    stats = {"rows": len(rows), "with_input": sum(1 for r in rows if r["input"].strip())}
+    for field in FIELDS:
+        lengths = [len(r[field]) for r in rows] or [0]
+        stats[field] = {"min": min(lengths), "mean": round(sum(lengths) / len(lengths), 1),
+                        "max": max(lengths)}
+    return stats
+
+
+def main(argv=None) -> int:
+    paths = sys.argv[1:] if argv is None else argv
+    if not paths:
+        raise DataError("name a data file to check: python -m helpers.data data/alpaca_zh_sample.json")
+    bad = 0
+    for path in paths:
+        try:
+            rows = read_rows(path)
+        except DataError as err:
+            print(f"{path}: {err}")
+            bad += 1
+            continue
+        problems = check_rows(rows, path)
+        good = [{f: r.get(f, "") for f in FIELDS} for r in rows if row_problem(r) is None]
+        stats = summarize(good)
+        print(f"{path}: {len(rows)} rows, {len(good)} usable, {stats['with_input']} with an input")
+        for field in FIELDS:
+            s = stats[field]
+            print(f"  {field:<12} characters  min {s['min']:>5}  mean {s['mean']:>7}  max {s['max']:>6}")
+        print(f"  {len(problems)} problem(s)" + (":" if problems else ""))
+        for p in problems:
+            print(f"  {p}")
+        bad += bool(problems)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

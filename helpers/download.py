@@ -1,0 +1,109 @@
+"""Download GLM-4-9B base and chat weights into weights/, from the Hugging Face hub or ModelScope.
+
+Taught in notebook 00. Honours ``HF_ENDPOINT`` (a mirror such as https://hf-mirror.com) and fails
+within seconds, in one sentence, when the source cannot be reached. An interrupted download
+resumes when the same command runs again.
+
+    python -m helpers.download glm4-9b                      # base + chat, about 19 GB each
+    python -m helpers.download glm4-9b --source modelscope  # the same from ModelScope
+    python -m helpers.download glm4-9b --only base
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+
+from helpers import CourseError, resolve, run_cli
+
+# profile -> part -> (Hugging Face id, ModelScope id, size in GB)
+MODELS = {
+    "glm4-9b": {
+        "base": ("THUDM/glm-4-9b-hf", "ZhipuAI/glm-4-9b-hf", 19.0),
+        "chat": ("THUDM/glm-4-9b-chat-hf", "ZhipuAI/glm-4-9b-chat-hf", 19.0),
+    },
+}
+PROBE_TIMEOUT = 5.0  # seconds to wait for the source to answer before giving up
+
+
+def source_url(source: str) -> str:
+    if source == "hf":
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    return "https://www.modelscope.cn"
+
+
+def check_source(source: str) -> None:
+    """Raise a one-sentence CourseError unless the source can be reached now."""
+    from helpers.env import hub_reachable
+
+    if source == "hf" and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        raise CourseError("HF_HUB_OFFLINE=1 is set, so nothing can be downloaded: unset it, "
+                          "or use --source modelscope.")
+    url = source_url(source)
+    ok, detail = hub_reachable(url, PROBE_TIMEOUT)
+    if not ok:
+        hint = ("set HF_ENDPOINT to a mirror (for example https://hf-mirror.com) or use --source modelscope"
+                if source == "hf" else "use --source hf, with HF_ENDPOINT for a mirror")
+        why = detail.removeprefix("not reachable ").strip("()")
+        raise CourseError(f"{url} cannot be reached ({why}, waited at most {PROBE_TIMEOUT:.0f} s): "
+                          f"check the network, {hint}, or copy the weights into weights/ by hand.")
+
+
+def download(profile: str = "glm4-9b", source: str = "hf", only: str | None = None) -> list:
+    """Fetch the profile's models into the directories its profile names; returns them."""
+    from helpers.profiles import PROFILES
+
+    if profile not in MODELS:
+        raise CourseError(f"nothing to download for {profile!r}: choose {', '.join(MODELS)} "
+                          "(the tiny model is built locally with `make tiny`).")
+    parts = {k: v for k, v in MODELS[profile].items() if only in (None, k)}
+    dirs = {"base": PROFILES[profile].model_dir, "chat": PROFILES[profile].chat_model_dir}
+    todo = {k: v for k, v in parts.items() if not (dirs[k] / "config.json").is_file()
+            or not any(dirs[k].glob("*.safetensors"))}
+    for part in set(parts) - set(todo):
+        print(f"{dirs[part]} is already here")
+    if not todo:
+        return [dirs[k] for k in parts]
+
+    need = sum(v[2] for v in todo.values())
+    weights = resolve("weights")
+    weights.mkdir(exist_ok=True)
+    free = shutil.disk_usage(weights).free / 1024**3
+    if free < need:
+        raise CourseError(f"{weights} has {free:.0f} GB free but the download needs about {need:.0f} GB: "
+                          "free some space, or download one part with --only base.")
+    check_source(source)
+    for part, (hf_id, ms_id, size) in todo.items():
+        target = dirs[part]
+        print(f"downloading {hf_id if source == 'hf' else ms_id} ({size:.0f} GB) from "
+              f"{source_url(source)} to {target}")
+        try:
+            if source == "hf":
+                from huggingface_hub import snapshot_download
+
+                snapshot_download(hf_id, local_dir=target)
+            else:
+                from modelscope import snapshot_download
+
+                snapshot_download(ms_id, local_dir=str(target))
+        except KeyboardInterrupt:
+            raise
+        except Exception as err:
+            raise CourseError(f"downloading {target.name} stopped ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:160]}): run the same command again to resume.") from None
+    return [dirs[k] for k in parts]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.download", description=__doc__.split("\n")[0])
+    parser.add_argument("profile", choices=sorted(MODELS))
+    parser.add_argument("--source", choices=("hf", "modelscope"), default="hf")
+    parser.add_argument("--only", choices=("base", "chat"), help="download just one of the two models")
+    args = parser.parse_args(argv)
+    download(args.profile, args.source, args.only)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,188 @@
+"""Environment checks: what this machine has, and what the course will run on it.
+
+Taught in notebook 00. The one place that asks torch about devices, so notebooks never call
+``torch.cuda`` directly.
+
+    python -m helpers.env        # the same table notebook 00 shows
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import metadata
+
+from helpers import REPO_ROOT, resolve, run_cli
+
+WEIGHTS_GB = {"glm-4-9b-hf": 19.0, "glm-4-9b-chat-hf": 19.0}  # bf16 safetensors on disk, each
+HUBS = {
+    "Hugging Face": lambda: os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
+    "ModelScope": lambda: "https://www.modelscope.cn",
+}
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "ok", "warn" or "fail"
+    detail: str
+
+
+def pinned_versions() -> dict[str, str]:
+    """The ``name==version`` pins from pyproject.toml, keyed by lower-case name."""
+    import tomllib
+
+    with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    return {
+        m.group(1).lower(): m.group(2)
+        for m in (re.fullmatch(r"\s*([A-Za-z0-9_.\-]+)\s*==\s*([^\s;]+)\s*", d) for d in deps)
+        if m
+    }
+
+
+def gpu_info() -> dict | None:
+    """The first CUDA GPU's name, memory and bf16 support, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": props.name,
+        "count": torch.cuda.device_count(),
+        "total_gb": props.total_memory / 1024**3,
+        "bf16": torch.cuda.is_bf16_supported(),
+        "capability": f"{props.major}.{props.minor}",
+    }
+
+
+def hub_reachable(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    """Whether an HTTP(S) endpoint answers within ``timeout`` seconds (any HTTP status counts)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+        return True, "reachable"
+    except urllib.error.HTTPError as err:  # it answered, even if with an error page
+        return True, f"reachable (HTTP {err.code})"
+    except Exception as err:  # DNS failure, refused, timed out, proxy errors
+        reason = getattr(err, "reason", err)
+        return False, f"not reachable ({type(reason).__name__})"
+
+
+def swanlab_state() -> tuple[str, str]:
+    """The SwanLab mode a training run will use here, and why (no prompt, no network)."""
+    if os.environ.get("SWANLAB_MODE"):
+        return os.environ["SWANLAB_MODE"], "set by SWANLAB_MODE"
+    try:
+        from swanlab import Settings
+
+        logged_in = bool(Settings().api_key)
+    except Exception:  # a broken config file must not stop the environment check
+        logged_in = False
+    if logged_in:
+        return "cloud", "an API key is stored (swanlab login) or set in SWANLAB_API_KEY"
+    return "local", "no API key: runs are written to swanlog/ and viewed with `swanlab watch`"
+
+
+def check_versions() -> list[Check]:
+    """Python and every pinned package against pyproject.toml."""
+    py_ok = sys.version_info >= (3, 11)
+    checks = [Check("python", "ok" if py_ok else "fail", platform.python_version()
+                    + ("" if py_ok else ": the course needs Python 3.11 or newer"))]
+    for name, want in pinned_versions().items():
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            checks.append(Check(name, "fail", f"missing, pinned {want}: run `make setup`"))
+            continue
+        same = have.split("+")[0] == want  # torch reports 2.13.0+cpu or 2.13.0+cu128
+        checks.append(Check(name, "ok" if same else "warn",
+                            have if same else f"{have}, pinned {want}: run `make setup`"))
+    return checks
+
+
+def check_gpu() -> list[Check]:
+    """CUDA device, its memory and bf16 support."""
+    gpu = gpu_info()
+    if gpu is None:
+        return [Check("cuda", "warn", "no CUDA GPU: the tiny profile runs on the CPU")]
+    return [
+        Check("cuda", "ok", f"{gpu['count']} x {gpu['name']} (compute capability {gpu['capability']})"),
+        Check("gpu memory", "ok" if gpu["total_gb"] >= 15 else "warn", f"{gpu['total_gb']:.1f} GB on GPU 0"),
+        Check("bf16", "ok" if gpu["bf16"] else "warn",
+              "supported" if gpu["bf16"] else "not supported: GLM-4 training needs bf16 (T4 and V100 lack it)"),
+    ]
+
+
+def check_weights() -> list[Check]:
+    """Free disk for the 9B weights, and which models are already in weights/."""
+    from helpers.profiles import PROFILES
+
+    weights = resolve("weights")
+    free_gb = shutil.disk_usage(weights if weights.exists() else REPO_ROOT).free / 1024**3
+    need = sum(gb for name, gb in WEIGHTS_GB.items() if not (weights / name / "config.json").exists())
+    checks = [Check("disk", "ok" if free_gb >= need else "warn",
+                    f"{free_gb:.0f} GB free; the 9B weights still missing need {need:.0f} GB")]
+    for profile in PROFILES.values():
+        for path in filter(None, [profile.model_path, profile.chat_model_path]):
+            present = (resolve(path) / "config.json").is_file()
+            fix = "make tiny" if profile.name == "tiny" else "python -m helpers.download glm4-9b"
+            checks.append(Check(path, "ok" if present else "warn", "present" if present else f"missing: {fix}"))
+    return checks
+
+
+def check_hubs(timeout: float = 3.0) -> list[Check]:
+    """Whether the Hugging Face hub (or HF_ENDPOINT) and ModelScope answer, in parallel."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    with ThreadPoolExecutor(len(HUBS)) as pool:
+        answers = dict(zip(HUBS, pool.map(lambda url: hub_reachable(url(), timeout), HUBS.values())))
+    checks = []
+    for hub, (ok, detail) in answers.items():
+        if hub == "Hugging Face" and offline:
+            detail += "; HF_HUB_OFFLINE=1 is set, so hub downloads are off"
+        checks.append(Check(hub, "ok" if ok else "warn", f"{HUBS[hub]()} {detail}"))
+    return checks
+
+
+def check_tracking() -> list[Check]:
+    mode, why = swanlab_state()
+    return [Check("swanlab", "ok", f"{mode} mode: {why}")]
+
+
+def check_profile() -> list[Check]:
+    from helpers.profiles import auto_profile
+
+    profile, reason = auto_profile()
+    return [Check("profile", "ok", f"{profile.name}: {reason}")]
+
+
+def run_checks(timeout: float = 3.0) -> list[Check]:
+    """Every check notebook 00 shows, in its order."""
+    return (check_versions() + check_gpu() + check_weights() + check_hubs(timeout)
+            + check_tracking() + check_profile())
+
+
+def checks_table(checks: list[Check]):
+    """The checks as a pandas DataFrame, for display in a notebook."""
+    import pandas as pd
+
+    return pd.DataFrame([vars(c) for c in checks]).set_index("name")
+
+
+def main() -> int:
+    checks = run_checks()
+    width = max(len(c.name) for c in checks)
+    for c in checks:
+        print(f"{c.status:<4}  {c.name:<{width}}  {c.detail}")
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

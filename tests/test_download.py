@@ -1,0 +1,28 @@
+"""Downloading the 9B weights fails fast and clearly when the source cannot be reached."""
+
+import time
+
+from conftest import run_module
+
+
+def test_offline_mode_fails_at_once():
+    start = time.monotonic()
+    result = run_module("helpers.download", "glm4-9b", env={"HF_HUB_OFFLINE": "1"})
+    assert time.monotonic() - start < 30  # a generous bound against a hang, not a timing test
+    assert result.returncode == 2
+    assert "HF_HUB_OFFLINE=1 is set" in result.stderr and "--source modelscope" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unreachable_endpoint_fails_in_one_sentence():
+    # a closed port on this machine: refused at once, as a blocked hub or a wrong mirror would be
+    result = run_module("helpers.download", "glm4-9b", "--only", "base",
+                        env={"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"})
+    assert result.returncode == 2
+    assert "http://127.0.0.1:9 cannot be reached" in result.stderr and "HF_ENDPOINT" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_profile_is_refused_by_the_parser():
+    result = run_module("helpers.download", "tiny")
+    assert result.returncode == 2 and "invalid choice" in result.stderr

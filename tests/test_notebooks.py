@@ -1,0 +1,68 @@
+"""Every notebook is committed clean and follows the skeleton; each runs headless and records results."""
+
+import ast
+import json
+
+import nbformat
+import pytest
+
+from conftest import run_module
+from helpers import REPO_ROOT
+from helpers.tutorial import notebooks, run_notebook
+
+NOTEBOOKS = notebooks()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_stripped_and_follows_the_skeleton(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "commit notebooks without outputs"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+    assert "你将学到" in nb.cells[0].source and "前置条件" in nb.cells[0].source
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and code.index(params[0]) == 1  # second code cell, after the imports
+    for node in ast.parse(params[0].source).body:  # literals only, so papermill can override them
+        assert isinstance(node, ast.Assign) and node.targets[0].id.isupper()
+        ast.literal_eval(node.value)
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    for heading in ("## 小结", "## 练习", "## 下一步"):
+        assert heading in text
+    assert "!pip" not in "\n".join(c.source for c in code) and "torch.cuda" not in "\n".join(c.source for c in code)
+    assert len(nb.cells) <= 40
+
+
+def test_notebook_00_runs_and_records_the_environment(tmp_path, tiny_dir):
+    record = tmp_path / "00.json"
+    status, _, out = run_notebook(REPO_ROOT / "notebooks/00_environment.ipynb", tmp_path,
+                                  {"PROFILE": "tiny", "HUB_TIMEOUT": 1.0, "RECORD_FILE": str(record)})
+    assert status == "ok", status
+    found = json.loads(record.read_text(encoding="utf-8"))
+    assert found["profile"] == "tiny" and found["auto_profile"] == "tiny"
+    assert "CUDA" in found["auto_reason"]
+    assert found["counts"]["fail"] == 0
+    checks = {c["name"]: c for c in found["checks"]}
+    assert checks["weights/tiny-glm4"]["status"] == "ok"
+    assert checks["transformers"]["status"] == "ok" and checks["torch"]["detail"].startswith("2.13.0")
+    assert found["swanlab_mode"] in ("local", "cloud", "offline", "disabled")
+    # the executed copy shows the tables a learner sees
+    executed = nbformat.read(out, as_version=4)
+    shown = json.dumps([c.get("outputs", []) for c in executed.cells], ensure_ascii=False)
+    assert "text/html" in shown and "weights/glm-4-9b-hf" in shown and "auto 会选择：tiny" in shown
+
+
+def test_tutorial_command_runs_notebooks_and_prints_a_table(tmp_path, tiny_dir):
+    result = run_module("helpers.tutorial", "--profile", "tiny", "--only", "00", "--out", str(tmp_path),
+                        timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].split() == ["notebook", "status", "seconds", "executed", "copy"]
+    name, status, seconds, copy = lines[-1].split()
+    assert (name, status) == ("00_environment.ipynb", "ok") and float(seconds) > 0
+    assert (tmp_path / "00_environment.ipynb").is_file() and copy.endswith("00_environment.ipynb")
+
+
+def test_tutorial_command_rejects_an_unknown_notebook():
+    result = run_module("helpers.tutorial", "--only", "99")
+    assert result.returncode == 2 and "no notebooks matched" in result.stderr
+    assert "Traceback" not in result.stderr
