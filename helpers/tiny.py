@@ -40,7 +40,7 @@ END_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")  # generation stop
 SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-BPE_VOCAB = 6000  # learned tokens (256 bytes included); GLM-4 has 151,329
+BPE_VOCAB = 3000  # learned tokens (256 bytes included); GLM-4 has 151,329. Small data wants a small vocabulary
 MODEL_SHAPE = dict(  # GLM-4-9B: 4096 hidden, 40 layers, 32 heads of 128, 2 KV heads, 13696 MLP
     hidden_size=128,
     num_hidden_layers=4,
@@ -50,7 +50,7 @@ MODEL_SHAPE = dict(  # GLM-4-9B: 4096 hidden, 40 layers, 32 heads of 128, 2 KV h
     intermediate_size=432,  # GLM-4's MLP ratio, 13696 / 4096 = 3.34
     max_position_embeddings=1024,
 )
-PRETRAIN = dict(steps=300, batch_size=16, block=128, lr=3e-3, warmup=20, weight_decay=0.01)
+PRETRAIN = dict(steps=450, batch_size=16, block=128, lr=3e-3, warmup=20, weight_decay=0.01)
 SOURCES = ("data/corpus_zh.txt", "data/alpaca_zh_sample.json")  # never the identity or held-out rows
 
 

@@ -79,3 +79,20 @@ def test_prepares_the_whole_sample_in_order(tokenizer):
     assert prepared[0]["input_ids"][:-1] == first  # order kept across batches
     last = tokenizer.apply_chat_template(to_messages(dataset[-1]), tokenize=True)["input_ids"]
     assert prepared[-1]["input_ids"][:-1] == last
+
+
+def test_prepare_benchmark_prints_one_json_line():
+    import json
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+
+    result = subprocess.run([sys.executable, "benchmarks/prepare_data.py", "--rows", "300"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stdout.strip().splitlines()[-1])
+    assert line["rows"] == 300 and line["ours_rows_per_s"] > 0 and line["per_example_rows_per_s"] > 0
+    assert line["ratio"] == round(line["per_example_s"] / line["ours_s"], 2) or abs(
+        line["ratio"] - line["per_example_s"] / line["ours_s"]) < 0.02
+    assert 150 < line["chars_per_example"] < 320  # shaped like Alpaca-GPT4-zh (about 230)
