@@ -21,7 +21,6 @@ from importlib import metadata
 
 from helpers import REPO_ROOT, resolve, run_cli
 
-WEIGHTS_GB = {"glm-4-9b-hf": 19.0, "glm-4-9b-chat-hf": 19.0}  # bf16 safetensors on disk, each
 HUBS = {
     "Hugging Face": lambda: os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
     "ModelScope": lambda: "https://www.modelscope.cn",
@@ -123,11 +122,13 @@ def check_gpu() -> list[Check]:
 
 def check_weights() -> list[Check]:
     """Free disk for the 9B weights, and which models are already in weights/."""
+    from helpers.download import MODELS
     from helpers.profiles import PROFILES
 
     weights = resolve("weights")
     free_gb = shutil.disk_usage(weights if weights.exists() else REPO_ROOT).free / 1024**3
-    need = sum(gb for name, gb in WEIGHTS_GB.items() if not (weights / name / "config.json").exists())
+    dirs = {"base": PROFILES["glm4-9b"].model_dir, "chat": PROFILES["glm4-9b"].chat_model_dir}
+    need = sum(size for part, (_, _, size) in MODELS["glm4-9b"].items() if not (dirs[part] / "config.json").exists())
     checks = [Check("disk", "ok" if free_gb >= need else "warn",
                     f"{free_gb:.0f} GB free; the 9B weights still missing need {need:.0f} GB")]
     for profile in PROFILES.values():
