@@ -57,7 +57,7 @@ def gpu_info() -> dict | None:
     return {
         "name": props.name,
         "count": torch.cuda.device_count(),
-        "total_gb": props.total_memory / 1024**3,
+        "total_gb": props.total_memory / 1e9,  # decimal GB, as cards are sold (a "24 GB" card: about 25.8)
         "bf16": torch.cuda.is_bf16_supported(),
         "capability": f"{props.major}.{props.minor}",
     }
@@ -112,9 +112,14 @@ def check_gpu() -> list[Check]:
     gpu = gpu_info()
     if gpu is None:
         return [Check("cuda", "warn", "no CUDA GPU: the tiny profile runs on the CPU")]
+    from helpers.memory import estimate, fitting_profile
+
+    fits = fitting_profile(gpu["total_gb"], gpu["bf16"])
+    advice = (f"fits profile {fits.name} (needs about {estimate(fits)['total']:.0f} GB)" if fits
+              else "too small for the 9B profiles: use tiny, or several GPUs (configs/accelerate/zero3.yaml)")
     return [
         Check("cuda", "ok", f"{gpu['count']} x {gpu['name']} (compute capability {gpu['capability']})"),
-        Check("gpu memory", "ok" if gpu["total_gb"] >= 15 else "warn", f"{gpu['total_gb']:.1f} GB on GPU 0"),
+        Check("gpu memory", "ok" if fits else "warn", f"{gpu['total_gb']:.1f} GB on GPU 0: {advice}"),
         Check("bf16", "ok" if gpu["bf16"] else "warn",
               "supported" if gpu["bf16"] else "not supported: GLM-4 training needs bf16 (T4 and V100 lack it)"),
     ]

@@ -22,7 +22,7 @@ def _shown(path: Path) -> str:
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
-def _missing(path: Path) -> CourseError:
+def missing_error(path: Path) -> CourseError:
     """'<dir> not found: <how to get it>', with the fix that fits the directory."""
     from helpers.profiles import PROFILES
 
@@ -30,7 +30,8 @@ def _missing(path: Path) -> CourseError:
     for profile in PROFILES.values():
         if path in (profile.model_dir, profile.chat_model_dir):
             fix = ("build it with `make tiny`" if profile.name == "tiny" else
-                   f"download it with `python -m helpers.download {profile.name}`, or set PROFILE = \"tiny\"")
+                   "download it with `python -m helpers.download glm4-9b`, or set PROFILE = \"tiny\"")
+            break
     return CourseError(f"{_shown(path)} not found: {fix}.")
 
 
@@ -46,7 +47,7 @@ def load_tokenizer(path):
 
     path = resolve(path)
     if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
-        raise _missing(path)
+        raise missing_error(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not tokenizer.chat_template:
         tokenizer.chat_template = TEMPLATE_FILE.read_text(encoding="utf-8")
@@ -62,7 +63,7 @@ def check_device(profile) -> None:
     gpu = gpu_info()
     if gpu is None:
         raise CourseError(f"profile {profile.name} needs a CUDA GPU and none was found: "
-                          "set PROFILE = \"tiny\" to run on the CPU.")
+                          "set PROFILE = \"tiny\" (--profile tiny on the command line) to run on the CPU.")
     if profile.dtype == "bfloat16" and not gpu["bf16"]:
         raise CourseError(f"{gpu['name']} has no bf16, which GLM-4 needs: use a GPU that has it "
                           "(A100, RTX 30/40, H100), or set PROFILE = \"tiny\".")
@@ -77,8 +78,14 @@ def load_model(profile, which: str = "base"):
         raise CourseError(f"profile {profile.name} has no chat model (fine-tuning makes one in notebook 04): "
                           "use which=\"base\", or set PROFILE = \"glm4-9b\" on a GPU to compare with glm-4-9b-chat-hf.")
     check_device(profile)
+    if profile.load_in_4bit:
+        import importlib.util
+
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise CourseError(f"profile {profile.name} loads 4-bit weights with bitsandbytes, which is not "
+                              "installed: run `.venv/bin/pip install -e \".[qlora]\"`.")
     if not (path / "config.json").is_file():
-        raise _missing(path)
+        raise missing_error(path)
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -88,8 +95,24 @@ def load_model(profile, which: str = "base"):
         path,
         dtype=getattr(torch, profile.dtype),
         device_map=profile.device if profile.device == "cuda" else None,
+        quantization_config=quantization_config(profile),
     )
     return model.eval(), tokenizer
+
+
+def quantization_config(profile):
+    """4-bit NF4 with bf16 compute for a QLoRA profile (bitsandbytes), else None."""
+    if not profile.load_in_4bit:
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",  # 4-bit levels placed for normally distributed weights
+        bnb_4bit_use_double_quant=True,  # quantise the quantisation scales too: about 0.4 GB less
+        bnb_4bit_compute_dtype=getattr(torch, profile.dtype),
+    )
 
 
 def end_token_ids(tokenizer) -> list[int]:

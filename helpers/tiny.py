@@ -111,6 +111,10 @@ def build_model(tokenizer):
         attention_bias=True,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
         tie_word_embeddings=False,
+        # GLM-4's 0.02 suits its 4096 width. At 128 wide it trains a base that a short LoRA run barely
+        # moves; 1/sqrt(128) = 0.088 one that memorises its text. Measured here, 0.05 gives both: held-out
+        # text 0.9 nats/token better than a unigram model, and a 450-step LoRA run that learns to stop.
+        initializer_range=0.05,
         pad_token_id=pad,
         eos_token_id=ids,
         bos_token_id=None,

@@ -81,14 +81,14 @@ def test_missing_tiny_weights_say_make_tiny(tmp_path):
     # the real tiny directory, when missing, names the command that builds it
     from helpers import models
 
-    err = models._missing(get_profile("tiny").model_dir)
+    err = models.missing_error(get_profile("tiny").model_dir)
     assert str(err) == "weights/tiny-glm4 not found: build it with `make tiny`."
 
 
 def test_missing_9b_weights_say_how_to_download(tmp_path):
     from helpers import models
 
-    msg = str(models._missing(get_profile("glm4-9b").model_dir))
+    msg = str(models.missing_error(get_profile("glm4-9b").model_dir))
     assert msg.startswith("weights/glm-4-9b-hf not found: download it with `python -m helpers.download glm4-9b`")
     assert 'PROFILE = "tiny"' in msg and msg.count(".") >= 1 and "\n" not in msg
     with pytest.raises(CourseError, match="not found: check the path"):
