@@ -61,52 +61,35 @@ class Profile:
         return "\n".join(f"{k:<{width}}  {v!r}" for k, v in self.as_dict().items())
 
 
+# The real course, with the original tutorial's hyperparameters.
+_GLM4_9B = Profile(
+    name="glm4-9b",
+    model_path="weights/glm-4-9b-hf",
+    chat_model_path="weights/glm-4-9b-chat-hf",
+    dtype="bfloat16",  # fp16 overflows on GLM-4; bf16 keeps fp32's range
+    device="cuda",
+    lora_r=8,
+    lora_alpha=32,
+    lora_dropout=0.1,
+    lora_target_modules=("q_proj", "k_proj", "v_proj"),
+    max_length=512,  # notebook 03 measures how many examples fit whole
+    batch_size=2,
+    grad_accum=1,
+    learning_rate=5e-4,
+    num_epochs=3.0,
+    max_steps=-1,
+    eval_steps=500,
+    save_steps=500,
+    logging_steps=10,
+    output_dir="outputs/lora-glm4-9b",
+)
+
 PROFILES = {
-    # The real course, with the original tutorial's hyperparameters.
-    "glm4-9b": Profile(
-        name="glm4-9b",
-        model_path="weights/glm-4-9b-hf",
-        chat_model_path="weights/glm-4-9b-chat-hf",
-        dtype="bfloat16",  # fp16 overflows on GLM-4; bf16 keeps fp32's range
-        device="cuda",
-        lora_r=8,
-        lora_alpha=32,
-        lora_dropout=0.1,
-        lora_target_modules=("q_proj", "k_proj", "v_proj"),
-        max_length=512,  # notebook 03 measures how many examples fit whole
-        batch_size=2,
-        grad_accum=1,
-        learning_rate=5e-4,
-        num_epochs=3.0,
-        max_steps=-1,
-        eval_steps=500,
-        save_steps=500,
-        logging_steps=10,
-        output_dir="outputs/lora-glm4-9b",
-    ),
-    # QLoRA: the same recipe on 4-bit NF4 weights (about 6-7 GB instead of 18.8 GB), so a 16 GB GPU fits.
-    "glm4-9b-qlora": Profile(
-        name="glm4-9b-qlora",
-        model_path="weights/glm-4-9b-hf",
-        chat_model_path="weights/glm-4-9b-chat-hf",
-        dtype="bfloat16",  # the compute dtype: 4-bit weights are dequantised to bf16 for each matmul
-        device="cuda",
-        lora_r=8,
-        lora_alpha=32,
-        lora_dropout=0.1,
-        lora_target_modules=("q_proj", "k_proj", "v_proj"),
-        max_length=512,
-        batch_size=2,
-        grad_accum=1,
-        learning_rate=5e-4,
-        num_epochs=3.0,
-        max_steps=-1,
-        eval_steps=500,
-        save_steps=500,
-        logging_steps=10,
-        output_dir="outputs/qlora-glm4-9b",
-        load_in_4bit=True,
-    ),
+    "glm4-9b": _GLM4_9B,
+    # QLoRA: the same recipe on 4-bit NF4 weights (about 6-7 GB instead of 18.8 GB), so a 16 GB GPU
+    # fits; dtype stays bf16 as the compute dtype: 4-bit weights are dequantised for each matmul.
+    "glm4-9b-qlora": dataclasses.replace(_GLM4_9B, name="glm4-9b-qlora", output_dir="outputs/qlora-glm4-9b",
+                                         load_in_4bit=True),
     # A tiny GLM-4 built locally (python -m helpers.tiny): any CPU, offline.
     "tiny": Profile(
         name="tiny",
