@@ -37,11 +37,11 @@ def model(tiny_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
 
 
-def run_module(*args, env=None, timeout=120):
+def run_module(*args, env=None, timeout=120, input=None):
     """Run `python -m ...` from the repository root as a learner would; returns the CompletedProcess."""
     full_env = {**os.environ, **(env or {})}
     for key, value in list(full_env.items()):
         if value is None:
             del full_env[key]
-    return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=full_env,
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=full_env, input=input,
                           capture_output=True, text=True, timeout=timeout)
