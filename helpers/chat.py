@@ -36,10 +36,11 @@ def adapter_base(adapter_dir) -> Path:
     if not config_file.is_file():
         hint = (" (it holds a full model: use --model instead)" if (adapter_dir / "config.json").is_file() else "")
         raise CourseError(f"{_shown(adapter_dir)} is not a LoRA adapter: it has no adapter_config.json{hint}.")
+    from helpers.train import run_record
+
     base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
-    run_file = adapter_dir / "course_run.json"  # the course records the base relative to the repository,
-    if run_file.is_file():  # so an adapter keeps working after the repository moves
-        base = json.loads(run_file.read_text(encoding="utf-8")).get("base_model") or base
+    # the course records the base relative to the repository, so an adapter keeps working after a move
+    base = run_record(adapter_dir).get("base_model") or base
     base_dir = resolve(base)
     if not (base_dir / "config.json").is_file():
         raise CourseError(f"the adapter's base model {base or '(not recorded)'} is missing: build or download it "
@@ -54,6 +55,9 @@ def load_chat_model(adapter=None, model=None, device: str | None = None):
 
     from helpers.models import load_tokenizer, missing_error
 
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calls a renamed property
     if (adapter is None) == (model is None):
         raise CourseError("give either --adapter DIR (base model + LoRA adapter) or --model DIR (a full model).")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,9 +72,17 @@ def load_chat_model(adapter=None, model=None, device: str | None = None):
 
     from peft import PeftModel
 
+    from helpers.models import load_weights
+    from helpers.profiles import Profile
+    from helpers.train import run_record
+
     adapter_dir = resolve(adapter)
     base_dir = adapter_base(adapter_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
+    trained = run_record(adapter_dir).get("profile")
+    if trained:  # the base as it was trained: dtype, device, 4-bit for QLoRA
+        base = load_weights(Profile.from_dict(trained, model_path=str(base_dir)))
+    else:
+        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
     try:
         loaded = PeftModel.from_pretrained(base, adapter_dir)
     except (RuntimeError, ValueError) as err:  # shape mismatch: trained on another model
@@ -81,8 +93,8 @@ def load_chat_model(adapter=None, model=None, device: str | None = None):
 
 
 def reply(model, tokenizer, messages, max_new_tokens: int = 256, stream=None) -> tuple[str, bool]:
-    """The assistant's next turn (greedy), streamed piece by piece to ``stream(text)``; and whether it
-    ended on one of GLM-4's end ids rather than at ``max_new_tokens``."""
+    """The assistant's next turn (greedy) and whether it ended on one of GLM-4's end ids rather than
+    at ``max_new_tokens``; with ``stream``, each new piece of text is passed to ``stream(text)`` as it comes."""
     from threading import Thread
 
     import torch
@@ -93,26 +105,26 @@ def reply(model, tokenizer, messages, max_new_tokens: int = 256, stream=None) ->
     end_ids = end_token_ids(tokenizer)
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True).to(model.device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_ids,
+                    pad_token_id=tokenizer.pad_token_id)
     result = {}
 
-    def run():
+    def run(**extra):
         with torch.no_grad():
-            result["ids"] = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                           eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id,
-                                           streamer=streamer)
+            result["ids"] = model.generate(**inputs, **settings, **extra)
 
-    thread = Thread(target=run)
-    thread.start()
-    pieces = []
-    for piece in streamer:
-        pieces.append(piece)
-        if stream:
+    if stream is None:
+        run()
+    else:  # generate in a thread; the streamer hands over decoded text as tokens arrive
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        thread = Thread(target=run, kwargs={"streamer": streamer})
+        thread.start()
+        for piece in streamer:
             stream(piece)
-    thread.join()
+        thread.join()
     new = result["ids"][0, inputs["input_ids"].shape[1]:].tolist()
     stopped = bool(new) and new[-1] in end_ids
-    return "".join(pieces).strip(), stopped
+    return tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True).strip(), stopped
 
 
 def chat_loop(model, tokenizer, lines, write, max_new_tokens: int = 256, system: str | None = None) -> int:

@@ -77,6 +77,14 @@ def load_model(profile, which: str = "base"):
     if path is None:
         raise CourseError(f"profile {profile.name} has no chat model (fine-tuning makes one in notebook 04): "
                           "use which=\"base\", or set PROFILE = \"glm4-9b\" on a GPU to compare with glm-4-9b-chat-hf.")
+    model = load_weights(profile, path)
+    return model, load_tokenizer(path)
+
+
+def load_weights(profile, path=None):
+    """The model at ``path`` (default: the profile's base) in the profile's dtype, device and
+    quantization, in eval mode; after the device, bitsandbytes and weights checks."""
+    path = resolve(path) if path is not None else profile.model_dir
     check_device(profile)
     if profile.load_in_4bit:
         import importlib.util
@@ -90,14 +98,13 @@ def load_model(profile, which: str = "base"):
     import torch
     from transformers import AutoModelForCausalLM
 
-    tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=getattr(torch, profile.dtype),
         device_map=profile.device if profile.device == "cuda" else None,
         quantization_config=quantization_config(profile),
     )
-    return model.eval(), tokenizer
+    return model.eval()
 
 
 def quantization_config(profile):

@@ -41,6 +41,8 @@ class Profile:
     output_dir: str
     seed: int = 42
     load_in_4bit: bool = False  # QLoRA: NF4 weights, bf16 compute
+    max_new_tokens: int = 512  # the longest answer generated when chatting and measuring (notebook 05)
+    packing: bool = False  # BFD-pack examples into rows of max_length, no padding; batch_size then counts rows
 
     @property
     def model_dir(self):
@@ -56,12 +58,19 @@ class Profile:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, values: dict, **overrides) -> "Profile":
+        """A profile as ``as_dict`` (and course_run.json) wrote it; unknown keys are ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in {**values, **overrides}.items() if k in known}
+        return cls(**values)
+
     def describe(self) -> str:
         width = max(len(f.name) for f in dataclasses.fields(self))
         return "\n".join(f"{k:<{width}}  {v!r}" for k, v in self.as_dict().items())
 
 
-# The real course, with the original tutorial's hyperparameters.
+# The real course: the original tutorial's hyperparameters, its examples packed instead of padded.
 _GLM4_9B = Profile(
     name="glm4-9b",
     model_path="weights/glm-4-9b-hf",
@@ -73,7 +82,8 @@ _GLM4_9B = Profile(
     lora_dropout=0.1,
     lora_target_modules=("q_proj", "k_proj", "v_proj"),
     max_length=512,  # notebook 03 measures how many examples fit whole
-    batch_size=2,
+    batch_size=2,  # rows of 512 packed tokens: about 1,000 real tokens a step, where the original's
+    packing=True,  # 2 padded examples held about 430 (benchmarks/train_throughput.py, gpu_lora.py)
     grad_accum=1,
     learning_rate=5e-4,
     num_epochs=3.0,
@@ -111,6 +121,8 @@ PROFILES = {
         save_steps=150,
         logging_steps=10,
         output_dir="outputs/lora-tiny",
+        max_new_tokens=160,  # the held-out answers are at most 115 tiny tokens
+        packing=False,  # measured: packed rows train the tiny model no faster (notebook 04, step 5)
     ),
 }
 

@@ -56,6 +56,8 @@ def sft_config(profile, output_dir, report_to="none", **overrides):
         num_train_epochs=profile.num_epochs,
         max_steps=profile.max_steps,
         max_length=profile.max_length,
+        packing=profile.packing,  # best-fit-decreasing rows of max_length, padding-free: no pad token computed
+        packing_strategy="bfd",
         eval_strategy="steps",
         eval_steps=profile.eval_steps,
         save_strategy="steps",
@@ -184,26 +186,19 @@ class RecordingCollator:
         return path
 
 
+def run_record(adapter_dir) -> dict:
+    """course_run.json of an adapter: the profile, settings and metrics that made it ({} if absent)."""
+    path = resolve(adapter_dir) / RUN_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def generate_answers(model, tokenizer, prompts, max_new_tokens=48) -> list[tuple[str, bool]]:
-    """Greedy answers to user prompts through the chat template, and whether each ended on an end id."""
-    import torch
+    """Greedy (answer, ended on an end id) for each user prompt, through the chat template."""
+    from helpers.chat import reply
 
-    from helpers.models import end_token_ids
-
-    end_ids = end_token_ids(tokenizer)
     was_training = model.training
     model.eval()
-    answers = []
-    with torch.no_grad():
-        for prompt in prompts:
-            inputs = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                                   return_tensors="pt", return_dict=True).to(model.device)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_ids,
-                                 pad_token_id=tokenizer.pad_token_id)
-            new = out[0, inputs["input_ids"].shape[1]:].tolist()
-            stopped = bool(new) and new[-1] in end_ids
-            answers.append((tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True).strip(),
-                            stopped))
+    answers = [reply(model, tokenizer, [{"role": "user", "content": p}], max_new_tokens) for p in prompts]
     if was_training:
         model.train()
     return answers
@@ -240,6 +235,11 @@ class TrainResult:
     tracking: str = "disabled"
 
 
+def recording_collator(profile, tokenizer, train_set):
+    """A RecordingCollator, or None (TRL's own padding-free collator) when the profile packs examples."""
+    return None if profile.packing else RecordingCollator(tokenizer.pad_token_id, train_set)
+
+
 def build_trainer(profile, train_set, eval_set, output_dir, tracking_mode="disabled", prompts=PROMPTS,
                   callbacks=(), **overrides):
     """Load the base model and wrap it in an SFTTrainer with LoRA, prediction and divergence callbacks."""
@@ -255,7 +255,7 @@ def build_trainer(profile, train_set, eval_set, output_dir, tracking_mode="disab
     ds_logging.disable_progress_bar()  # TRL's checks of our already prepared data need no progress bars
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer, peft_config=lora_config(profile),
-                         data_collator=RecordingCollator(tokenizer.pad_token_id, train_set),
+                         data_collator=recording_collator(profile, tokenizer, train_set),
                          callbacks=[predictions, DivergenceCallback(), *callbacks])
     ds_logging.enable_progress_bar()
     return trainer, predictions
@@ -320,7 +320,8 @@ def train(profile, data: str = "sample", output_dir=None, resume: bool = False, 
         metrics = {"eval_loss_before": before, "eval_loss_after": after, "train_seconds": round(seconds, 1),
                    "steps": trainer.state.global_step, "trainable_parameters": trainable}
         adapter_dir = save_run(trainer, profile, output_dir, settings, metrics)
-        trainer.data_collator.write(output_dir, trainer.args.process_index)
+        if isinstance(trainer.data_collator, RecordingCollator):  # packed rows mix examples: nothing to record
+            trainer.data_collator.write(output_dir, trainer.args.process_index)
     finally:
         track.finish()
     return TrainResult(adapter_dir, before, after, trainer.state.log_history, predictions.history, trainable,
@@ -351,6 +352,8 @@ def main(argv=None) -> int:
                  "save_steps", "logging_steps", "lora_r", "lora_alpha", "lora_dropout", "seed"):
         kind = float if name in ("num_epochs", "learning_rate", "lora_dropout") else int
         parser.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+    parser.add_argument("--packing", action=argparse.BooleanOptionalAction, default=None,
+                        help="BFD-pack examples into rows of max_length (default: the profile's)")
     args = vars(parser.parse_args(argv))
 
     config, config_path = {}, args.pop("config")

@@ -3,36 +3,17 @@
 import json
 import math
 
-import nbformat
 import pytest
 
-from helpers import REPO_ROOT
 from helpers.models import load_tokenizer
 from helpers.profiles import get_profile
 from helpers.train import load_training_data
 from helpers.tutorial import run_notebook
 
-NB04 = REPO_ROOT / "notebooks/04_lora_sft.ipynb"
+from conftest import NB04, outputs_of
+
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
                  "course_run.json")
-
-
-def outputs_of(executed) -> list:
-    return [o for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", [])]
-
-
-@pytest.fixture(scope="module")
-def nb04(tmp_path_factory, tiny_dir):
-    """One full run with the defaults (the whole tiny training), tracked in SwanLab's local mode."""
-    out_dir = tmp_path_factory.mktemp("nb04")
-    swanlog = out_dir / "swanlog"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SWANLAB_LOG_DIR", str(swanlog))  # the kernel inherits the environment
-        status, _, executed = run_notebook(NB04, out_dir, {
-            "PROFILE": "tiny", "OUTPUT_DIR": str(out_dir / "adapter"), "TRACKING": "local",
-            "RECORD_FILE": str(out_dir / "04.json")})
-    assert status == "ok", status
-    return json.loads((out_dir / "04.json").read_text(encoding="utf-8")), outputs_of(executed), out_dir
 
 
 def planned_steps(profile) -> int:
