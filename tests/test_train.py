@@ -170,3 +170,22 @@ def test_qlora_profile_configures_4bit_nf4_and_refuses_a_cpu():
     assert quantization_config(PROFILES["glm4-9b"]) is None
     with pytest.raises(CourseError, match="needs a CUDA GPU"):
         load_model(profile)
+
+
+def test_the_9b_profiles_pack_and_the_tiny_one_pads():
+    from helpers.train import sft_config
+
+    for name in ("glm4-9b", "glm4-9b-qlora"):
+        args = sft_config(PROFILES[name], "unused", bf16=False, use_cpu=True)  # no GPU here
+        assert args.packing is True and args.packing_strategy == "bfd" and args.per_device_train_batch_size == 2
+    assert sft_config(PROFILES["tiny"], "unused").packing is False
+
+
+def test_packed_training_runs_padding_free(tmp_path, tiny_dir):
+    result = run_module("helpers.train", "--profile", "tiny", "--packing", "--max-steps", "4", "--eval-steps", "4",
+                        "--save-steps", "4", "--logging-steps", "2", "--output-dir", str(tmp_path / "packed"),
+                        "--tracking", "disabled", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = json.loads((tmp_path / "packed" / "course_run.json").read_text(encoding="utf-8"))
+    assert run["profile"]["packing"] is True and run["metrics"]["steps"] == 4
+    assert not (tmp_path / "packed" / "data_shards").exists()  # packed rows mix examples: nothing to record
