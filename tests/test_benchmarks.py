@@ -1,0 +1,43 @@
+"""The benchmark scripts run from the README's commands and report what they promise (no timing is asserted)."""
+
+import json
+import subprocess
+import sys
+
+from helpers import REPO_ROOT
+
+
+def run_script(*args, timeout=600):
+    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_train_throughput_compares_the_recipes_on_the_same_tokens(tmp_path, tiny_dir):
+    line = run_script("benchmarks/train_throughput.py", "--tokens", "2000", "--layers", "1", "--hidden", "128",
+                      "--work", str(tmp_path))
+    recipes = line["recipes"]
+    assert set(recipes) == {"original", "padding-free", "packed"}
+    assert len({r["real_tokens"] for r in recipes.values()}) == 1  # the same examples for every recipe
+    assert recipes["packed"]["steps"] <= recipes["original"]["steps"]  # whole examples share rows
+    assert all(r["real_tokens_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in recipes.values())
+    assert line["speedup_vs_original"]["original"] == 1.0
+
+
+def test_gpu_benchmark_runs_on_the_cpu_with_a_tiny_config(tmp_path):
+    out = tmp_path / "gpu_lora.json"
+    line = run_script("benchmarks/gpu_lora.py", "--tiny", "--steps", "2", "--warmup", "1", "--examples-tokens", "3000",
+                      "--out", str(out))
+    assert json.loads(out.read_text()) == line and line["shape"] == "tiny"
+    recipes = line["recipes"]
+    n = line["matmul_parameters"]
+    assert recipes["original"]["flops_per_token"] == 4 * n and recipes["packed"]["flops_per_token"] == 6 * n
+    assert recipes["packed-no-gc"]["gradient_checkpointing"] is False and recipes["packed"]["gradient_checkpointing"]
+    for name in ("original", "packed", "packed-no-gc"):
+        assert recipes[name]["real_tokens_per_s"] > 0 and recipes[name]["attention"] == "sdpa"
+    assert "skipped" in recipes["qlora"] or "error" in recipes["qlora"] or recipes["qlora"]["real_tokens_per_s"] > 0
+
+
+def test_gpu_benchmark_refuses_the_9b_shape_without_a_gpu():
+    result = subprocess.run([sys.executable, "benchmarks/gpu_lora.py"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
