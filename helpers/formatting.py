@@ -53,9 +53,20 @@ class PrepStats:
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
     """Token ids of many texts, no prefix added: the Rust tokenizer's batch call, on all cores."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    # The Rust tokenizer keeps the padding and truncation of the last padded call (a batched generate
+    # leaves padding on): switch both off for this call, so no example is padded or cut, then restore.
+    padding, truncation = backend.padding, backend.truncation
+    backend.no_padding()
+    backend.no_truncation()
+    try:
         return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+    finally:
+        if padding is not None:
+            backend.enable_padding(**padding)
+        if truncation is not None:
+            backend.enable_truncation(**truncation)
 
 
 def encode_batch(batch: dict, tokenizer, max_length: int, end_token: str = END_OF_TURN,

@@ -95,3 +95,16 @@ def test_prepare_benchmark_prints_one_json_line():
     assert line["rows"] == 300 and line["ours_rows_per_s"] > 0 and line["per_example_rows_per_s"] > 0
     assert line["ratio"] > 0 and line["kept"] == 300
     assert 150 < line["chars_per_example"] < 320  # shaped like Alpaca-GPT4-zh (about 230)
+
+
+def test_a_padded_call_before_does_not_pad_or_cut_the_examples(tokenizer):
+    rows = [{"instruction": "你好", "input": "", "output": "你好！"},
+            {"instruction": "写一首关于秋天的短诗。", "input": "", "output": "秋风起，落叶黄，一行大雁向南方。"}]
+    clean, _ = prepare(rows, tokenizer, 256, verbose=False)
+    tokenizer(["短", "一句长一些的话，用来把批次补齐"], padding=True)  # as a batched generate leaves the tokenizer
+    backend = tokenizer.backend_tokenizer
+    assert backend.padding is not None
+    after, _ = prepare(rows, tokenizer, 256, verbose=False)
+    assert after["input_ids"] == clean["input_ids"] and after["labels"] == clean["labels"]
+    assert backend.padding is not None  # the caller's setting is left as it was
+    backend.no_padding()
