@@ -194,11 +194,11 @@ def run_record(adapter_dir) -> dict:
 
 def generate_answers(model, tokenizer, prompts, max_new_tokens=48) -> list[tuple[str, bool]]:
     """Greedy (answer, ended on an end id) for each user prompt, through the chat template."""
-    from helpers.chat import reply
+    from helpers.chat import reply_batch
 
     was_training = model.training
     model.eval()
-    answers = [reply(model, tokenizer, [{"role": "user", "content": p}], max_new_tokens) for p in prompts]
+    answers = reply_batch(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens)
     if was_training:
         model.train()
     return answers

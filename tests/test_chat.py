@@ -85,3 +85,17 @@ def test_streaming_pieces_add_up_to_the_answer(adapter):
     text, stopped = reply(model, tokenizer, [{"role": "user", "content": "你好"}], max_new_tokens=20,
                           stream=pieces.append)
     assert "".join(pieces).strip() == text and isinstance(stopped, bool)
+
+
+def test_batched_replies_equal_one_by_one(model, tokenizer):
+    from helpers.chat import reply_batch
+
+    prompts = ["你是谁？", "把下面的句子翻译成英文。\n\n今天很冷。", "写一句诗。", "1 加 1 等于几？", "hi"]
+    conversations = [[{"role": "user", "content": p}] for p in prompts]
+    side, tokenizer.padding_side = tokenizer.padding_side, "right"  # as a training set-up may leave it
+    try:
+        batched = reply_batch(model, tokenizer, conversations, max_new_tokens=12, batch_size=3)
+        assert tokenizer.padding_side == "right"  # left only while generating, then restored
+    finally:
+        tokenizer.padding_side = side
+    assert batched == [reply(model, tokenizer, c, max_new_tokens=12) for c in conversations]
