@@ -23,7 +23,7 @@ $(INSTALLED): pyproject.toml
 
 tiny: $(TINY)
 
-$(TINY): $(INSTALLED) helpers/tiny.py helpers/glm4_chat_template.jinja data/corpus_zh.txt data/alpaca_zh_sample.json
+$(TINY): $(INSTALLED) helpers/tiny.py helpers/glm4.py helpers/glm4_chat_template.jinja data/corpus_zh.txt data/alpaca_zh_sample.json
 	$(OFFLINE) $(PYTHON) -m helpers.tiny
 
 tutorial: setup tiny

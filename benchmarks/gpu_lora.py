@@ -104,12 +104,14 @@ def batches(recipe: str, args, vocab: int, seed: int):
 
 def build_model(recipe: str, args, device: str, kernel: str, weights_dir):
     import torch
-    from transformers import AutoModelForCausalLM, GlmForCausalLM
+    from transformers import GlmForCausalLM
 
     dtype = torch.float32 if device == "cpu" and args.tiny else torch.bfloat16
     config = model_config(args.tiny)
     if recipe == "qlora":
-        from helpers.models import quantization_config
+        from dataclasses import replace
+
+        from helpers.models import load_model
         from helpers.profiles import PROFILES
 
         if not (Path(weights_dir) / "config.json").is_file():  # 4-bit quantization happens on load
@@ -119,9 +121,9 @@ def build_model(recipe: str, args, device: str, kernel: str, weights_dir):
             gc.collect()
             torch.cuda.empty_cache() if device == "cuda" else None
             torch.cuda.reset_peak_memory_stats() if device == "cuda" else None
-        return AutoModelForCausalLM.from_pretrained(weights_dir, dtype=torch.bfloat16, device_map=device,
-                                                    attn_implementation=kernel,
-                                                    quantization_config=quantization_config(PROFILES["glm4-9b-qlora"]))
+        model = load_model(replace(PROFILES["glm4-9b-qlora"], device=device), weights_dir)  # the course's 4-bit load
+        model.set_attn_implementation(kernel)
+        return model
     torch.manual_seed(0)
     with torch.device(device):
         return GlmForCausalLM._from_config(config, dtype=dtype, attn_implementation=kernel)

@@ -3,9 +3,11 @@
 Builds a synthetic file of 42,677 rows shaped like the real data (about 230 characters per example,
 40% of rows with an input), then prepares it twice in one run:
 
-- ours: helpers.formatting.prepare (whole batches rendered and tokenized at once, labels built);
+- ours: notebook 03's ``prepare_dataset`` (``Dataset.map`` of ``build_example``: the prompt and the
+  whole conversation tokenized by the chat template, labels built, over-long rows dropped);
 - per-example: what a ``formatting_func`` recipe does, one row at a time: render the chat to text,
-  then tokenize the text (which also doubles the ``[gMASK]<sop>`` prefix; here only speed is measured).
+  then tokenize the text (which also doubles the ``[gMASK]<sop>`` prefix and builds no labels; here
+  only speed is measured).
 
 Prints one JSON line: rows/s for both and their ratio.
 
@@ -25,10 +27,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from datasets import disable_progress_bars  # noqa: E402
+from transformers import AutoTokenizer  # noqa: E402
+
 from helpers import resolve  # noqa: E402
 from helpers.data import load_alpaca, read_rows  # noqa: E402
-from helpers.formatting import prepare, to_messages  # noqa: E402
-from helpers.models import load_tokenizer  # noqa: E402
+from helpers.formatting import prepare_dataset, to_messages  # noqa: E402
 
 
 def synthetic_rows(n: int, seed: int) -> list[dict]:
@@ -62,15 +66,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    tokenizer = load_tokenizer(args.model)
+    disable_progress_bars()
+    tokenizer = AutoTokenizer.from_pretrained(resolve(args.model))
     rows = synthetic_rows(args.rows, args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "synthetic.json"
         path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-        dataset = load_alpaca(str(path), split="all")
+        dataset = load_alpaca(str(path), split="all", identity=False)
 
     start = time.perf_counter()
-    prepared, stats = prepare(dataset, tokenizer, args.max_length, verbose=False)
+    prepared = prepare_dataset(dataset, tokenizer, args.max_length)
     ours = time.perf_counter() - start
     start = time.perf_counter()
     per_example(rows, tokenizer)
@@ -79,7 +84,7 @@ def main() -> None:
     chars = sum(len(r["instruction"]) + len(r["input"]) + len(r["output"]) for r in rows) / len(rows)
     print(json.dumps({
         "benchmark": "prepare_data", "model": args.model, "rows": len(rows),
-        "chars_per_example": round(chars, 1), "max_length": args.max_length, "kept": stats.kept,
+        "chars_per_example": round(chars, 1), "max_length": args.max_length, "kept": len(prepared),
         "ours_rows_per_s": round(len(rows) / ours), "per_example_rows_per_s": round(len(rows) / baseline),
         "ratio": round(baseline / ours, 2), "ours_s": round(ours, 2), "per_example_s": round(baseline, 2),
     }))

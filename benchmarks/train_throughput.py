@@ -82,15 +82,14 @@ def run_recipe(recipe: str, args) -> dict:
     from datasets.utils import logging as ds_logging
     from peft import LoraConfig
     from transformers import GlmForCausalLM
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
-
-    from helpers.models import load_tokenizer
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads or torch.get_num_threads())
     shapes = lengths(args.tokens, args.seed, args.max_length)
     data = dataset(shapes, args.vocab, full_text_loss=recipe == "original", seed=args.seed)
-    tokenizer = load_tokenizer(args.tokenizer)  # its pad id pads; the data are token ids already
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)  # its pad id pads; the data are token ids already
     model = GlmForCausalLM(glm_config(args.vocab, args.layers, args.hidden, tokenizer.pad_token_id))
     settings = {
         "original": dict(per_device_train_batch_size=2),

@@ -1,7 +1,8 @@
 """Shared code for the GLM-4 LoRA fine-tuning notebooks and command lines.
 
-Each module is small and names the notebook that teaches it. Nothing here runs on import:
-``import helpers`` only makes the submodules importable (``from helpers import profiles``).
+The code a learner must understand is written in the notebooks; the functions a command line also
+needs are marked ``#@save`` there and kept here as the same text (tests/test_course_shape.py holds
+them equal). Each module names the notebook that teaches it. Nothing runs on import.
 """
 
 from pathlib import Path
@@ -27,6 +28,12 @@ def resolve(path) -> Path:
     return path if path.is_absolute() else REPO_ROOT / path
 
 
+def shown(path) -> str:
+    """A path as a learner should read it: relative to the repository root when it is inside it."""
+    path = Path(path)
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
 def run_cli(main) -> None:
     """Run a command line's ``main()``; a CourseError becomes one line on stderr and exit 2."""
     import sys
@@ -40,13 +47,3 @@ def run_cli(main) -> None:
         print("interrupted by the user.", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
-
-
-def save_record(path, values: dict) -> Path:
-    """Write a notebook's key results as JSON, so a headless run (and the tests) can check them."""
-    import json
-
-    path = resolve(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(values, ensure_ascii=False, indent=2, default=str) + "\n", encoding="utf-8")
-    return path

@@ -1,7 +1,8 @@
 """Chat with a fine-tuned GLM-4: base model + LoRA adapter (or a merged or plain model), streaming.
 
-Taught in notebook 05. Generation stops on any of GLM-4's three end ids; the conversation goes
-through the chat template, so earlier turns are part of every prompt.
+Taught in notebook 05, where ``load_adapter``, ``reply`` and ``Chat`` are written. Generation stops
+on any of GLM-4's three end ids; the conversation goes through the chat template, so earlier turns
+are part of every prompt.
 
     python -m helpers.chat --adapter outputs/lora-tiny            # base model + adapter
     python -m helpers.chat --model outputs/lora-tiny-merged       # a merged (or any plain) model
@@ -10,171 +11,93 @@ through the chat template, so earlier turns are part of every prompt.
 Type /reset to start a new conversation and /exit (or end the input) to leave.
 """
 
-from __future__ import annotations
-
 import argparse
-import json
 import sys
-from pathlib import Path
+from threading import Thread
 
-from helpers import CourseError, resolve, run_cli
+from peft import PeftModel
+from transformers import AutoTokenizer, TextIteratorStreamer
 
-
-def _shown(path: Path) -> str:
-    from helpers import REPO_ROOT
-
-    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
-
-
-def adapter_base(adapter_dir) -> Path:
-    """The base model an adapter was trained on, after checking the directory is an adapter."""
-    adapter_dir = resolve(adapter_dir)
-    if not adapter_dir.is_dir():
-        raise CourseError(f"{_shown(adapter_dir)} does not exist: train one with `python -m helpers.train` "
-                          "(or notebook 04), or check the --adapter path.")
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        hint = (" (it holds a full model: use --model instead)" if (adapter_dir / "config.json").is_file() else "")
-        raise CourseError(f"{_shown(adapter_dir)} is not a LoRA adapter: it has no adapter_config.json{hint}.")
-    from helpers.train import run_record
-
-    base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or ""
-    # the course records the base relative to the repository, so an adapter keeps working after a move
-    base = run_record(adapter_dir).get("base_model") or base
-    base_dir = resolve(base)
-    if not (base_dir / "config.json").is_file():
-        raise CourseError(f"the adapter's base model {base or '(not recorded)'} is missing: build or download it "
-                          "(`make tiny`, or `python -m helpers.download glm4-9b`) and run again.")
-    return base_dir
+from helpers import CourseError, resolve, run_cli, shown
+from helpers.checks import check_adapter, check_device, check_weights
+from helpers.models import load_model
+from helpers.profiles import PROFILES, Profile
+from helpers.memory import gpu_info
 
 
-def load_chat_model(adapter=None, model=None, device: str | None = None):
-    """(model, tokenizer) for chatting: base + adapter, or a plain model directory, in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from helpers.models import load_tokenizer, missing_error
-
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calls a renamed property
-    if (adapter is None) == (model is None):
-        raise CourseError("give either --adapter DIR (base model + LoRA adapter) or --model DIR (a full model).")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    if model is not None:
-        model_dir = resolve(model)
-        if not (model_dir / "config.json").is_file():
-            hint = " (it is a LoRA adapter: use --adapter)" if (model_dir / "adapter_config.json").is_file() else ""
-            raise (missing_error(model_dir) if not hint else CourseError(f"{_shown(model_dir)} is not a full model{hint}."))
-        loaded = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device)
-        return loaded.eval(), load_tokenizer(model_dir)
-
-    from peft import PeftModel
-
-    from helpers.models import load_weights
-    from helpers.profiles import Profile
-    from helpers.train import run_record
-
-    adapter_dir = resolve(adapter)
-    base_dir = adapter_base(adapter_dir)
-    trained = run_record(adapter_dir).get("profile")
-    if trained:  # the base as it was trained: dtype, device, 4-bit for QLoRA
-        base = load_weights(Profile.from_dict(trained, model_path=str(base_dir)))
-    else:
-        base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device)
-    try:
-        loaded = PeftModel.from_pretrained(base, adapter_dir)
-    except (RuntimeError, ValueError) as err:  # shape mismatch: trained on another model
-        raise CourseError(f"{_shown(adapter_dir)} does not fit {_shown(base_dir)} ({str(err).splitlines()[0][:120]}): "
-                          "it was trained on another base model; use the base it was trained on.") from None
-    # the adapter directory carries the tokenizer and chat template it was trained with
-    return loaded.eval(), load_tokenizer(adapter_dir)
+def load_adapter(adapter_dir):  #@save
+    """Base model + LoRA adapter, loaded as they were trained, and the tokenizer saved with the adapter."""
+    adapter_dir, profile = check_adapter(adapter_dir)  # an adapter, its base is here, shapes and device fit
+    model = PeftModel.from_pretrained(load_model(profile), adapter_dir)  # LoRA layers added beside the base's
+    tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # with the chat template it was trained on
+    return model.eval(), tokenizer, profile
 
 
-def reply(model, tokenizer, messages, max_new_tokens: int = 256, stream=None) -> tuple[str, bool]:
-    """The assistant's next turn (greedy) and whether it ended on one of GLM-4's end ids rather than
-    at ``max_new_tokens``; with ``stream``, each new piece of text is passed to ``stream(text)`` as it comes."""
-    from threading import Thread
-
-    import torch
-    from transformers import TextIteratorStreamer
-
-    from helpers.models import end_token_ids
-
-    end_ids = end_token_ids(tokenizer)
-    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                           return_dict=True).to(model.device)
-    settings = dict(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_ids,
+def reply(model, tokenizer, messages, max_new_tokens=256, stream=None):  #@save
+    """The assistant's next turn (greedy), and whether it ended on an end id rather than at `max_new_tokens`.
+    With `stream`, each piece of text is passed to `stream(piece)` as soon as it is generated."""
+    end_ids = model.generation_config.eos_token_id  # GLM-4: <|endoftext|>, <|user|>, <|observation|>
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    settings = dict(**inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_ids,
                     pad_token_id=tokenizer.pad_token_id)
-    result = {}
-
-    def run(**extra):
-        with torch.no_grad():
-            result["ids"] = model.generate(**inputs, **settings, **extra)
-
     if stream is None:
-        run()
-    else:  # generate in a thread; the streamer hands over decoded text as tokens arrive
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        thread = Thread(target=run, kwargs={"streamer": streamer})
+        output = model.generate(**settings)
+    else:  # generate() returns only when done: run it in a thread that fills the streamer, a queue of text
+        streamer, result = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True), {}
+
+        def run():  # a thread loses its return value and its errors: keep both in `result`
+            try:
+                result["output"] = model.generate(**settings, streamer=streamer)
+            except Exception as err:
+                result["error"] = err
+                streamer.end()  # close the queue, or the loop below would wait forever
+
+        thread = Thread(target=run)
         thread.start()
-        for piece in streamer:
+        for piece in streamer:  # each piece as soon as it is decoded; the loop ends when generation does
             stream(piece)
         thread.join()
-    new = result["ids"][0, inputs["input_ids"].shape[1]:].tolist()
-    stopped = bool(new) and new[-1] in end_ids
-    return tokenizer.decode(new[:-1] if stopped else new, skip_special_tokens=True).strip(), stopped
+        if "error" in result:
+            raise result["error"]
+        output = result["output"]
+    new = output[0, inputs["input_ids"].shape[1]:].tolist()
+    return tokenizer.decode(new, skip_special_tokens=True).strip(), bool(new) and new[-1] in end_ids
 
 
-def reply_batch(model, tokenizer, conversations, max_new_tokens: int = 256, batch_size: int = 16) -> list[tuple[str, bool]]:
-    """``reply`` for many conversations at once, ``batch_size`` a call: the same greedy answers, several
-    times faster. Prompts are padded on the left, so every answer starts right after its own prompt."""
-    import torch
+class Chat:  #@save
+    """One conversation: the history of turns, which the chat template turns into every next prompt."""
 
-    from helpers.models import end_token_ids
+    def __init__(self, model, tokenizer, max_new_tokens=256, system=None):
+        self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
+        self.start = [{"role": "system", "content": system}] if system else []
+        self.history = list(self.start)
 
-    end_ids = end_token_ids(tokenizer)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    answers = []
-    try:
-        for start in range(0, len(conversations), batch_size):
-            inputs = tokenizer.apply_chat_template(conversations[start:start + batch_size], add_generation_prompt=True,
-                                                   padding=True, return_tensors="pt", return_dict=True).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_ids,
-                                     pad_token_id=tokenizer.pad_token_id)
-            for new in out[:, inputs["input_ids"].shape[1]:].tolist():
-                end = next((i for i, token in enumerate(new) if token in end_ids), None)  # the rest is padding
-                text = tokenizer.decode(new if end is None else new[:end], skip_special_tokens=True)
-                answers.append((text.strip(), end is not None))
-    finally:
-        tokenizer.padding_side = side
-    return answers
+    def reset(self):
+        self.history = list(self.start)
+
+    def send(self, text, stream=None):
+        """Answer one user message, remembering both turns; returns (answer, stopped on an end id)."""
+        self.history.append({"role": "user", "content": text})
+        answer, stopped = reply(self.model, self.tokenizer, self.history, self.max_new_tokens, stream)
+        self.history.append({"role": "assistant", "content": answer})
+        return answer, stopped
+
+    @property
+    def turn(self):
+        return sum(message["role"] == "user" for message in self.history)
 
 
-def chat_loop(model, tokenizer, lines, write, max_new_tokens: int = 256, system: str | None = None) -> int:
-    """Read user turns from ``lines``, write streamed answers with ``write``; returns the turns answered."""
-    history = [{"role": "system", "content": system}] if system else []
-    turns = 0
-    for line in lines:
-        text = line.strip()
-        if text in ("/exit", "/quit"):
-            break
-        if text == "/reset":
-            history = history[:1] if system else []
-            write("(new conversation)\n")
-            continue
-        if not text:
-            write("(empty message: type a question, /reset or /exit)\n")
-            continue
-        history.append({"role": "user", "content": text})
-        write("assistant> ")
-        answer, stopped = reply(model, tokenizer, history, max_new_tokens, stream=write)
-        write("\n" if stopped else f"\n(stopped at {max_new_tokens} tokens without an end token)\n")
-        history.append({"role": "assistant", "content": answer})
-        turns += 1
-    return turns
+def load_full_model(model_dir):
+    """A plain (merged) model directory, loaded as its saved profile says, or in this machine's best way."""
+    model_dir = resolve(model_dir)
+    if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
+        raise CourseError(f"{shown(model_dir)} is a LoRA adapter, not a full model: use --adapter.")
+    saved = Profile.load(model_dir)
+    profile = saved or PROFILES["glm4-9b" if gpu_info() else "tiny"]
+    profile = Profile(**{**profile.as_dict(), "model_path": str(model_dir), "load_in_4bit": False})
+    check_weights(profile)
+    check_device(profile)
+    return load_model(profile), AutoTokenizer.from_pretrained(model_dir), profile
 
 
 def main(argv=None) -> int:
@@ -184,17 +107,11 @@ def main(argv=None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--system", help="a system message for every conversation")
     args = parser.parse_args(argv)
-    model, tokenizer = load_chat_model(args.adapter, args.model)
+    if (args.adapter is None) == (args.model is None):
+        raise CourseError("give either --adapter DIR (base model + LoRA adapter) or --model DIR (a full model).")
+    model, tokenizer, _ = load_adapter(args.adapter) if args.adapter else load_full_model(args.model)
+    chat = Chat(model, tokenizer, args.max_new_tokens, args.system)
     interactive = sys.stdin.isatty()
-
-    def lines():
-        while True:
-            if interactive:
-                print("you> ", end="", flush=True)
-            line = sys.stdin.readline()
-            if not line:
-                return
-            yield line
 
     def write(text):
         sys.stdout.write(text)
@@ -202,8 +119,22 @@ def main(argv=None) -> int:
 
     if interactive:
         print("chat started: /reset starts over, /exit leaves")
-    chat_loop(model, tokenizer, lines(), write, args.max_new_tokens, args.system)
-    return 0
+    while True:
+        if interactive:
+            write("you> ")
+        line = sys.stdin.readline()
+        text = line.strip()
+        if not line or text in ("/exit", "/quit"):
+            return 0
+        if text == "/reset":
+            chat.reset()
+            write("(new conversation)\n")
+        elif not text:
+            write("(empty message: type a question, /reset or /exit)\n")
+        else:
+            write("assistant> ")
+            _, stopped = chat.send(text, stream=write)
+            write("\n" if stopped else f"\n(stopped at {args.max_new_tokens} tokens without an end token)\n")
 
 
 if __name__ == "__main__":

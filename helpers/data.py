@@ -1,6 +1,7 @@
 """Alpaca-format data: load the sample or the full set, check every row, say what is wrong.
 
-Taught in notebook 03. One loader for every source:
+Taught in notebook 03. One loader for every source; the course's identity rows
+(data/identity_zh.json, what notebook 05 measures) join the training rows of any source:
 
     load_alpaca("sample")                       # data/alpaca_zh_sample.json + data/identity_zh.json
     load_alpaca("sample", split="test")         # data/heldout_zh.json, the fixed held-out split
@@ -22,10 +23,8 @@ from helpers import CourseError, resolve, run_cli
 
 FIELDS = ("instruction", "input", "output")
 FULL_DATA_ID = "llamafactory/alpaca_gpt4_zh"  # 42,677 rows; the same id on ModelScope
-SAMPLE = {
-    "train": ("data/alpaca_zh_sample.json", "data/identity_zh.json"),
-    "test": ("data/heldout_zh.json",),
-}
+SAMPLE = {"train": "data/alpaca_zh_sample.json", "test": "data/heldout_zh.json"}
+IDENTITY = "data/identity_zh.json"  # who the assistant is: asked in new wordings by the held-out rows
 
 
 class DataError(CourseError):
@@ -74,7 +73,8 @@ def row_problem(row) -> str | None:
             return f"has no '{field}' field: add it as a string"
         value = row[field]
         if not isinstance(value, str):
-            return (f"'{field}' is a {type(value).__name__}, not a string: "
+            kind = type(value).__name__
+            return (f"'{field}' is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a string: "
                     "write it in quotes (use \"\" for an empty input)")
         if field != "input" and not value.strip():
             return f"'{field}' is empty: write it, or remove the row"
@@ -105,29 +105,32 @@ def in_test_split(row: dict, test_fraction: float) -> bool:
 
 
 def load_alpaca(source: str = "sample", split: str = "train", test_fraction: float = 0.02,
-                drop_bad: bool = False):
+                drop_bad: bool = False, identity: bool = True):
     """A ``datasets.Dataset`` of checked Alpaca rows from any source (see the module docstring).
 
-    ``split`` is "train", "test" or "all". The sample has fixed files for each; any other source
+    ``split`` is "train", "test" or "all". The sample has a fixed file for each; any other source
     is split by ``in_test_split``, so the held-out rows stay the same however the file is ordered.
+    With ``identity``, the identity rows join the "train" and "all" splits.
     """
     from datasets import Dataset
 
     if split not in ("train", "test", "all"):
         raise DataError(f"unknown split {split!r}: use 'train', 'test' or 'all'.")
     if source == "sample":
-        names = SAMPLE["train"] + SAMPLE["test"] if split == "all" else SAMPLE[split]
+        names = [SAMPLE["train"], SAMPLE["test"]] if split == "all" else [SAMPLE[split]]
         rows = [r for name in names for r in clean_rows(read_rows(name), Path(name).name, drop_bad)]
-        return Dataset.from_list(rows)
-    if source.startswith("modelscope:"):
-        rows = _from_modelscope(source.removeprefix("modelscope:"))
-    elif resolve(source).suffix in (".json", ".jsonl") or resolve(source).exists():
-        rows = read_rows(source)
     else:
-        rows = _from_hub(source)
-    rows = clean_rows(rows, source, drop_bad)
-    if split != "all":
-        rows = [r for r in rows if in_test_split(r, test_fraction) == (split == "test")]
+        if source.startswith("modelscope:"):
+            rows = _from_modelscope(source.removeprefix("modelscope:"))
+        elif resolve(source).suffix in (".json", ".jsonl") or resolve(source).exists():
+            rows = read_rows(source)
+        else:
+            rows = _from_hub(source)
+        rows = clean_rows(rows, source, drop_bad)
+        if split != "all":
+            rows = [r for r in rows if in_test_split(r, test_fraction) == (split == "test")]
+    if identity and split != "test" and source != IDENTITY:
+        rows += clean_rows(read_rows(IDENTITY), Path(IDENTITY).name)
     return Dataset.from_list(rows)
 
 

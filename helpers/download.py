@@ -2,7 +2,8 @@
 
 Taught in notebook 00. Honours ``HF_ENDPOINT`` (a mirror such as https://hf-mirror.com) and fails
 within seconds, in one sentence, when the source cannot be reached. An interrupted download
-resumes when the same command runs again.
+resumes when the same command runs again. A tokenizer downloaded without a chat template gets
+GLM-4-9B-chat's own, so base and chat model render conversations the same way.
 
     python -m helpers.download glm4-9b                      # base + chat, about 19 GB each
     python -m helpers.download glm4-9b --source modelscope  # the same from ModelScope
@@ -14,8 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import urllib.error
+import urllib.request
 
 from helpers import CourseError, resolve, run_cli
+from helpers.glm4 import TEMPLATE_FILE, has_chat_template
+from helpers.profiles import PROFILES
 
 # profile -> part -> (Hugging Face id, ModelScope id, size in GB)
 MODELS = {
@@ -27,6 +32,18 @@ MODELS = {
 PROBE_TIMEOUT = 5.0  # seconds to wait for the source to answer before giving up
 
 
+def hub_reachable(url: str, timeout: float = 3.0) -> tuple[bool, str]:
+    """Whether an HTTP(S) endpoint answers within ``timeout`` seconds (any HTTP status counts)."""
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
+        return True, "reachable"
+    except urllib.error.HTTPError as err:  # it answered, even if with an error page
+        return True, f"reachable (HTTP {err.code})"
+    except Exception as err:  # DNS failure, refused, timed out, proxy errors
+        reason = getattr(err, "reason", err)
+        return False, f"not reachable ({type(reason).__name__})"
+
+
 def source_url(source: str) -> str:
     if source == "hf":
         return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
@@ -35,8 +52,6 @@ def source_url(source: str) -> str:
 
 def check_source(source: str) -> None:
     """Raise a one-sentence CourseError unless the source can be reached now."""
-    from helpers.env import hub_reachable
-
     if source == "hf" and os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         raise CourseError("HF_HUB_OFFLINE=1 is set, so nothing can be downloaded: unset it, "
                           "or use --source modelscope.")
@@ -52,8 +67,6 @@ def check_source(source: str) -> None:
 
 def download(profile: str = "glm4-9b", source: str = "hf", only: str | None = None) -> list:
     """Fetch the profile's models into the directories its profile names; returns them."""
-    from helpers.profiles import PROFILES
-
     if profile not in MODELS:
         raise CourseError(f"nothing to download for {profile!r}: choose {', '.join(MODELS)} "
                           "(the tiny model is built locally with `make tiny`).")
@@ -63,6 +76,7 @@ def download(profile: str = "glm4-9b", source: str = "hf", only: str | None = No
             or not any(dirs[k].glob("*.safetensors"))}
     for part in set(parts) - set(todo):
         print(f"{dirs[part]} is already here")
+        add_chat_template(dirs[part])
     if not todo:
         return [dirs[k] for k in parts]
 
@@ -92,7 +106,18 @@ def download(profile: str = "glm4-9b", source: str = "hf", only: str | None = No
         except Exception as err:
             raise CourseError(f"downloading {target.name} stopped ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:160]}): run the same command again to resume.") from None
+        add_chat_template(target)
     return [dirs[k] for k in parts]
+
+
+def add_chat_template(model_dir) -> bool:
+    """Give a model directory whose tokenizer has no chat template GLM-4-9B-chat's own, so base and chat
+    models render conversations the same way; returns whether one was added."""
+    if has_chat_template(model_dir):
+        return False
+    shutil.copyfile(TEMPLATE_FILE, model_dir / "chat_template.jinja")
+    print(f"added GLM-4's chat template to {model_dir}")
+    return True
 
 
 def main(argv=None) -> int:

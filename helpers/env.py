@@ -1,7 +1,7 @@
 """Environment checks: what this machine has, and what the course will run on it.
 
-Taught in notebook 00. The one place that asks torch about devices, so notebooks never call
-``torch.cuda`` directly.
+Taught in notebook 00. The GPU itself is read by ``helpers.memory.gpu_info``, so notebooks never
+call ``torch.cuda`` directly.
 
     python -m helpers.env        # the same table notebook 00 shows
 """
@@ -13,13 +13,15 @@ import platform
 import re
 import shutil
 import sys
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 
 from helpers import REPO_ROOT, resolve, run_cli
+from helpers.download import MODELS, hub_reachable
+from helpers.memory import estimate, gpu_info
+from helpers.profiles import PROFILES, auto_profile, fitting_profile
+from helpers.tracking import swanlab_state
 
 HUBS = {
     "Hugging Face": lambda: os.environ.get("HF_ENDPOINT", "https://huggingface.co"),
@@ -47,49 +49,6 @@ def pinned_versions() -> dict[str, str]:
     }
 
 
-def gpu_info() -> dict | None:
-    """The first CUDA GPU's name, memory and bf16 support, or None without one."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    props = torch.cuda.get_device_properties(0)
-    return {
-        "name": props.name,
-        "count": torch.cuda.device_count(),
-        "total_gb": props.total_memory / 1e9,  # decimal GB, as cards are sold (a "24 GB" card: about 25.8)
-        "bf16": torch.cuda.is_bf16_supported(),
-        "capability": f"{props.major}.{props.minor}",
-    }
-
-
-def hub_reachable(url: str, timeout: float = 3.0) -> tuple[bool, str]:
-    """Whether an HTTP(S) endpoint answers within ``timeout`` seconds (any HTTP status counts)."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout)
-        return True, "reachable"
-    except urllib.error.HTTPError as err:  # it answered, even if with an error page
-        return True, f"reachable (HTTP {err.code})"
-    except Exception as err:  # DNS failure, refused, timed out, proxy errors
-        reason = getattr(err, "reason", err)
-        return False, f"not reachable ({type(reason).__name__})"
-
-
-def swanlab_state() -> tuple[str, str]:
-    """The SwanLab mode a training run will use here, and why (no prompt, no network)."""
-    if os.environ.get("SWANLAB_MODE"):
-        return os.environ["SWANLAB_MODE"], "set by SWANLAB_MODE"
-    try:
-        from swanlab import Settings
-
-        logged_in = bool(Settings().api_key)
-    except Exception:  # a broken config file must not stop the environment check
-        logged_in = False
-    if logged_in:
-        return "cloud", "an API key is stored (swanlab login) or set in SWANLAB_API_KEY"
-    return "local", "no API key: runs are written to swanlog/ and viewed with `swanlab watch`"
-
-
 def check_versions() -> list[Check]:
     """Python and every pinned package against pyproject.toml."""
     py_ok = sys.version_info >= (3, 11)
@@ -112,8 +71,6 @@ def check_gpu() -> list[Check]:
     gpu = gpu_info()
     if gpu is None:
         return [Check("cuda", "warn", "no CUDA GPU: the tiny profile runs on the CPU")]
-    from helpers.memory import estimate, fitting_profile
-
     fits = fitting_profile(gpu["total_gb"], gpu["bf16"])
     advice = (f"fits profile {fits.name} (needs about {estimate(fits)['total']:.0f} GB)" if fits
               else "too small for the 9B profiles: use tiny, or several GPUs (configs/accelerate/zero3.yaml)")
@@ -127,20 +84,18 @@ def check_gpu() -> list[Check]:
 
 def check_weights() -> list[Check]:
     """Free disk for the 9B weights, and which models are already in weights/."""
-    from helpers.download import MODELS
-    from helpers.profiles import PROFILES
-
     weights = resolve("weights")
     free_gb = shutil.disk_usage(weights if weights.exists() else REPO_ROOT).free / 1024**3
     dirs = {"base": PROFILES["glm4-9b"].model_dir, "chat": PROFILES["glm4-9b"].chat_model_dir}
     need = sum(size for part, (_, _, size) in MODELS["glm4-9b"].items() if not (dirs[part] / "config.json").exists())
     checks = [Check("disk", "ok" if free_gb >= need else "warn",
                     f"{free_gb:.0f} GB free; the 9B weights still missing need {need:.0f} GB")]
-    for profile in PROFILES.values():
-        for path in filter(None, [profile.model_path, profile.chat_model_path]):
-            present = (resolve(path) / "config.json").is_file()
-            fix = "make tiny" if profile.name == "tiny" else "python -m helpers.download glm4-9b"
-            checks.append(Check(path, "ok" if present else "warn", "present" if present else f"missing: {fix}"))
+    paths = {path: profile.name for profile in PROFILES.values()  # the QLoRA profile shares the 9B's
+             for path in filter(None, [profile.model_path, profile.chat_model_path])}
+    for path, name in paths.items():
+        present = (resolve(path) / "config.json").is_file()
+        fix = "make tiny" if name == "tiny" else "python -m helpers.download glm4-9b"
+        checks.append(Check(path, "ok" if present else "warn", "present" if present else f"missing: {fix}"))
     return checks
 
 
@@ -163,8 +118,6 @@ def check_tracking() -> list[Check]:
 
 
 def check_profile() -> list[Check]:
-    from helpers.profiles import auto_profile
-
     profile, reason = auto_profile()
     return [Check("profile", "ok", f"{profile.name}: {reason}")]
 

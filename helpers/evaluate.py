@@ -1,142 +1,106 @@
-"""Before/after measures of a fine-tune on the held-out rows: eval loss, stop rate, identity share.
+"""Before/after measures of a fine-tune on held-out rows: eval loss, stop rate, identity share.
 
-Taught in notebook 05. The same model answers twice: with the LoRA adapter switched off (the base
-model, through PEFT's ``disable_adapter()``, so a 9B is never loaded twice) and with it on.
+Taught in notebook 05, where these functions are written. The same model answers twice: with its
+LoRA adapter switched off (``model.disable_adapter()``: the base model, so a 9B is never loaded
+twice) and with it on.
 
 - **eval loss**: mean cross-entropy per answer token (the end token included) on the held-out rows,
   the same tokens the training loss counts;
 - **stop rate**: the share of greedy answers that end on one of GLM-4's end ids within
-  ``max_new_tokens``, rather than running on until cut off (answered 16 at a time, left-padded:
-  the same answers as one by one, several times faster);
-- **identity share**: of the held-out identity questions (new wordings never trained on), the share
+  ``max_new_tokens``, rather than running on until cut off;
+- **identity share**: of the held-out identity questions (new wordings, never trained on), the share
   of answers that give the trained name, 知微 (or its spelling ZhiWei).
 
     python -m helpers.evaluate --adapter outputs/lora-tiny     # prints the table, writes nothing
 """
 
-from __future__ import annotations
-
 import argparse
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+
+import torch
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from helpers import run_cli
-
-IDENTITY_NAMES = ("知微", "ZhiWei")  # the trained identity, as data/identity_zh.json gives it
-HELDOUT = "sample"  # load_alpaca("sample", split="test"): data/heldout_zh.json
-
-
-def gives_identity(answer: str) -> bool:
-    """Whether an answer names the trained identity."""
-    return any(name in answer for name in IDENTITY_NAMES)
+from helpers.chat import load_adapter
+from helpers.data import load_alpaca
+from helpers.formatting import prepare_dataset, to_messages
 
 
-def heldout_rows(data: str = HELDOUT) -> list[dict]:
-    """The held-out rows, each with ``kind``: "identity" when its reference answer gives the identity."""
-    from helpers.data import load_alpaca
+def reply_batch(model, tokenizer, conversations, max_new_tokens=256, batch_size=16):  #@save
+    """`reply` for many conversations, `batch_size` at a time: the same greedy answers, several times faster.
+    Prompts are padded on the left, so that every answer starts right after its own prompt."""
+    end_ids = model.generation_config.eos_token_id
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # remember the side; pad on the left for now
+    answers = []
+    try:
+        for start in range(0, len(conversations), batch_size):
+            inputs = tokenizer.apply_chat_template(conversations[start:start + batch_size], add_generation_prompt=True,
+                                                   padding=True, return_tensors="pt", return_dict=True).to(model.device)
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_ids,
+                                    pad_token_id=tokenizer.pad_token_id)  # attention_mask hides the padding
+            for new in output[:, inputs["input_ids"].shape[1]:].tolist():
+                # an answer that ended early is padded until the longest one ends: cut it at its first end id
+                end = next((i for i, token in enumerate(new) if token in end_ids), None)
+                answers.append((tokenizer.decode(new[:end], skip_special_tokens=True).strip(), end is not None))
+    finally:
+        tokenizer.padding_side = side
+    return answers
 
-    rows = load_alpaca(data, split="test").to_list()
-    return [{**row, "kind": "identity" if gives_identity(row["output"]) else "general"} for row in rows]
 
-
-def adapter_switch(model, enabled: bool):
-    """A context in which ``model`` answers with its LoRA adapter on (``enabled``) or off (the base)."""
-    if enabled or not hasattr(model, "disable_adapter"):
-        return nullcontext()
-    return model.disable_adapter()
-
-
-def eval_loss(model, tokenizer, rows, max_length: int, batch_size: int = 4) -> float:
-    """Mean cross-entropy per trained token (answer + end token) of ``rows``, as the SFT loss counts it."""
-    import torch
-
-    from helpers.formatting import IGNORE_INDEX, prepare
-
-    prepared, _ = prepare(rows, tokenizer, max_length, verbose=False)
+def eval_loss(model, examples, pad_token_id, batch_size=8):  #@save
+    """Mean cross-entropy per trained token (answer + end token) of prepared examples, as SFT counts it."""
+    collate = DataCollatorForLanguageModeling(pad_token_id=pad_token_id)  # TRL's: pads by position, labels with -100
     total, count = 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(prepared), batch_size):
-            batch = prepared[start:start + batch_size]
-            width = max(len(ids) for ids in batch["input_ids"])
-            pad = tokenizer.pad_token_id
-            ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch["input_ids"]], device=model.device)
-            labels = torch.tensor([y + [IGNORE_INDEX] * (width - len(y)) for y in batch["labels"]], device=model.device)
-            mask = (torch.arange(width, device=model.device)[None, :]
-                    < torch.tensor([len(x) for x in batch["input_ids"]], device=model.device)[:, None]).long()
-            logits = model(input_ids=ids, attention_mask=mask).logits.float()
-            shifted = labels[:, 1:]
-            losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), shifted,
-                                                       ignore_index=IGNORE_INDEX, reduction="sum")
-            total += losses.item()
-            count += int((shifted != IGNORE_INDEX).sum())
+    for start in range(0, len(examples), batch_size):
+        batch = collate([examples[i] for i in range(start, min(start + batch_size, len(examples)))])
+        batch = {key: value.to(model.device) for key, value in batch.items()}
+        with torch.no_grad():
+            loss = model(**batch).loss  # the mean over this batch's trained tokens
+        trained = int((batch["labels"][:, 1:] != -100).sum())  # the model shifts labels: position 0 predicts nothing
+        total, count = total + loss.item() * trained, count + trained  # a sum over tokens, not a mean of batch means
     return total / count
 
 
-@dataclass
-class Measures:
-    """One model's answers to the held-out rows and what they add up to."""
-
-    name: str
-    eval_loss: float
-    answers: list = field(default_factory=list)  # {"prompt", "kind", "answer", "stopped", "identity"}
-
-    def rate(self, key: str, kind: str | None = None) -> float:
-        chosen = [a for a in self.answers if kind is None or a["kind"] == kind]
-        return sum(bool(a[key]) for a in chosen) / len(chosen) if chosen else float("nan")
-
-    @property
-    def stop_rate(self) -> float:
-        return self.rate("stopped")
-
-    @property
-    def identity_share(self) -> float:
-        return self.rate("identity", "identity")
-
-    def summary(self) -> dict:
-        return {"eval_loss": round(self.eval_loss, 4), "stop_rate": round(self.stop_rate, 4),
-                "stop_rate_general": round(self.rate("stopped", "general"), 4),
-                "stop_rate_identity": round(self.rate("stopped", "identity"), 4),
-                "identity_share": round(self.identity_share, 4), "answers": len(self.answers)}
+def gives_identity(text):  #@save
+    """Whether a text names the trained identity: 知微, or its spelling ZhiWei."""
+    return "知微" in text or "ZhiWei" in text
 
 
-def measure(model, tokenizer, rows, max_length: int, max_new_tokens: int, adapter: bool = True,
-            name: str | None = None) -> Measures:
-    """Eval loss and greedy answers to every row, with the adapter on (``adapter``) or off (the base)."""
-    from helpers.chat import reply_batch
-    from helpers.formatting import user_content
+def measure(model, tokenizer, rows, examples, max_new_tokens):  #@save
+    """Eval loss, stop rate and identity share of `model` on held-out `rows` (`examples`: the same, prepared)."""
+    questions = [to_messages(row)[:1] for row in rows]  # the user turn only: the model writes the answer
+    replies = reply_batch(model, tokenizer, questions, max_new_tokens)
+    answers = []
+    for row, question, (answer, stopped) in zip(rows, questions, replies):
+        kind = "identity" if gives_identity(row["output"]) else "general"  # its reference answer names 知微
+        answers.append({"prompt": question[0]["content"], "kind": kind, "answer": answer, "stopped": stopped,
+                        "identity": gives_identity(answer)})
 
-    prompts = [user_content(row["instruction"], row.get("input", "")) for row in rows]
-    with adapter_switch(model, adapter):
-        loss = eval_loss(model, tokenizer, rows, max_length)
-        replies = reply_batch(model, tokenizer, [[{"role": "user", "content": p}] for p in prompts], max_new_tokens)
-    answers = [{"prompt": prompt, "kind": row["kind"], "answer": answer, "stopped": stopped,
-                "identity": gives_identity(answer)} for prompt, row, (answer, stopped) in zip(prompts, rows, replies)]
-    return Measures(name or ("fine-tuned" if adapter else "base"), loss, answers)
+    def share(key, kind=None):  # the share of answers (all, or of one kind) where `key` is true
+        chosen = [a[key] for a in answers if kind is None or a["kind"] == kind]
+        return round(sum(chosen) / len(chosen), 4) if chosen else None
 
-
-def compare(model, tokenizer, rows, max_length: int, max_new_tokens: int) -> dict[str, Measures]:
-    """The base model (adapter off) and the fine-tuned model (adapter on), measured on the same rows."""
-    return {m.name: m for m in (measure(model, tokenizer, rows, max_length, max_new_tokens, adapter=False),
-                                measure(model, tokenizer, rows, max_length, max_new_tokens, adapter=True))}
+    return {"eval_loss": round(eval_loss(model, examples, tokenizer.pad_token_id), 4), "stop_rate": share("stopped"),
+            "stop_rate_general": share("stopped", "general"), "stop_rate_identity": share("stopped", "identity"),
+            "identity_share": share("identity", "identity"), "answers": answers}
 
 
 def main(argv=None) -> int:
-    from helpers.chat import load_chat_model
-    from helpers.train import run_record
-
     parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--adapter", required=True, help="a LoRA adapter directory from helpers.train or notebook 04")
-    parser.add_argument("--data", default=HELDOUT, help="the data whose test split is measured (default: sample)")
+    parser.add_argument("--data", default="sample", help="the data whose test split is measured (default: sample)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the adapter profile's")
     args = parser.parse_args(argv)
-    model, tokenizer = load_chat_model(adapter=args.adapter)
-    trained = run_record(args.adapter).get("profile") or {}  # an adapter made outside the course has none
-    max_new_tokens = args.max_new_tokens or trained.get("max_new_tokens", 256)
-    results = compare(model, tokenizer, heldout_rows(args.data), trained.get("max_length", 512), max_new_tokens)
-    print(f"{'':<12}{'eval loss':>10}{'stop rate':>11}{'identity':>10}   ({max_new_tokens} new tokens at most)")
-    for m in results.values():
-        print(f"{m.name:<12}{m.eval_loss:>10.3f}{m.stop_rate:>11.0%}{m.identity_share:>10.0%}")
+    model, tokenizer, profile = load_adapter(args.adapter)
+    max_new_tokens = args.max_new_tokens or profile.max_new_tokens
+    rows = load_alpaca(args.data, split="test")
+    examples = prepare_dataset(rows, tokenizer, profile.max_length)
+    with model.disable_adapter():
+        base = measure(model, tokenizer, rows, examples, max_new_tokens)
+    tuned = measure(model, tokenizer, rows, examples, max_new_tokens)
+    print(f"{'':<12}{'eval loss':>10}{'stop rate':>11}{'identity':>10}   ({len(rows)} rows, "
+          f"{max_new_tokens} new tokens at most)")
+    for name, m in (("base", base), ("fine-tuned", tuned)):
+        print(f"{name:<12}{m['eval_loss']:>10.3f}{m['stop_rate']:>11.0%}{m['identity_share'] or 0:>10.0%}")
     return 0
 
 

@@ -1,17 +1,34 @@
-"""Peak GPU memory of a LoRA fine-tune, estimated from the profile before any weights are loaded.
+"""GPU memory: what this machine's GPU has, and what a profile's LoRA fine-tune needs at its peak.
 
-Taught in notebook 04 (the memory arithmetic); used by the training command to refuse a GPU that is
-too small, naming the profile that fits. The model's shape comes from its config.json (or GLM-4-9B's
-when the weights are not downloaded yet), built on the meta device: no memory, no time.
+Taught in notebook 04 (the memory arithmetic). The one place that asks torch about the GPU, so
+notebooks never call ``torch.cuda`` directly. The estimate is built from the model's config on
+the meta device (no memory, no time) before any weights are loaded; ``auto`` and the training
+command use it to pick a profile and to refuse a GPU that is too small.
 
-Calibration: GLM-4's authors measured bf16 LoRA (r 8, q/k/v, batch 1-2 at 512 tokens, with
-activation checkpointing) peaking at about 21.5 GB; the estimate for the glm4-9b profile is within
-a few percent of that. The other terms are first-order arithmetic, stated in each line below.
+Units: decimal GB (1e9 bytes), as GPU memory is sold. Calibration: GLM-4's authors measured bf16
+LoRA (A100, batch 1, 512 + 512 tokens, activation checkpointing on) at 21,531 MiB = 22.6 GB =
+21.0 GiB; the estimate for the glm4-9b profile is 22.1 GB, about 2% under it.
 """
 
 from __future__ import annotations
 
 GB = 1e9
+
+
+def gpu_info() -> dict | None:
+    """The first CUDA GPU's name, memory (GB) and bf16 support, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "name": props.name,
+        "count": torch.cuda.device_count(),
+        "total_gb": props.total_memory / GB,  # decimal GB, as cards are sold (a "24 GB" card: about 25.8)
+        "bf16": torch.cuda.is_bf16_supported(),
+        "capability": f"{props.major}.{props.minor}",
+    }
 
 
 def model_config(profile):
@@ -56,29 +73,3 @@ def estimate(profile, config=None) -> dict[str, float]:
     parts["cuda context + allocator"] = 1.2 if profile.device == "cuda" else 0.0
     parts["total"] = sum(parts.values())
     return {k: round(x, 2) for k, x in parts.items()}
-
-
-def fitting_profile(gpu_gb: float, bf16: bool = True):
-    """The largest of the course's GPU profiles whose estimate fits ``gpu_gb``, or None."""
-    from helpers.profiles import PROFILES
-
-    if not bf16:
-        return None
-    for name in ("glm4-9b", "glm4-9b-qlora"):
-        if estimate(PROFILES[name])["total"] <= gpu_gb:
-            return PROFILES[name]
-    return None
-
-
-def check_fits(profile, gpu_gb: float) -> None:
-    """Raise a one-sentence CourseError when the profile's estimate exceeds the GPU's memory."""
-    from helpers import CourseError
-
-    need = estimate(profile)["total"]
-    if need <= gpu_gb:
-        return
-    other = fitting_profile(gpu_gb)
-    fix = (f"use --profile {other.name} (PROFILE = \"{other.name}\", about {estimate(other)['total']:.0f} GB)"
-           if other else "use a larger GPU, several GPUs with configs/accelerate/zero3.yaml, or the tiny profile")
-    raise CourseError(f"profile {profile.name} needs about {need:.0f} GB of GPU memory but this GPU has "
-                      f"{gpu_gb:.0f} GB: {fix}.")

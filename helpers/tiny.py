@@ -24,18 +24,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpers import REPO_ROOT, CourseError, resolve, run_cli
+from helpers import CourseError, resolve, run_cli, shown
+from helpers.data import clean_rows, read_rows
+from helpers.glm4 import END_TOKENS, SPECIAL_TOKENS, TEMPLATE_FILE
 
 DEFAULT_OUT = "weights/tiny-glm4"
-TEMPLATE_FILE = Path(__file__).with_name("glm4_chat_template.jinja")  # GLM-4-9B-chat's own template
-
-# GLM-4's special tokens in its order; the real ids run from 151329 to 151342.
-SPECIAL_TOKENS = (
-    "<|endoftext|>", "[MASK]", "[gMASK]", "[sMASK]", "<sop>", "<eop>",
-    "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
-    "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
-)
-END_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")  # generation stops on any of them
 # GLM-4's pre-tokenizer split: letters, up to 3 digits, punctuation runs, newlines, spaces.
 SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                  r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
@@ -56,8 +49,6 @@ SOURCES = ("data/corpus_zh.txt", "data/alpaca_zh_sample.json")  # never the iden
 
 def pretraining_texts() -> list[str]:
     """Plain paragraphs: the corpus, and the sample's training rows as running text."""
-    from helpers.data import clean_rows, read_rows
-
     corpus, sample = (resolve(p) for p in SOURCES)
     if not corpus.is_file():
         raise CourseError(f"{corpus} is missing: restore it with `git checkout -- data/`.")
@@ -199,8 +190,7 @@ def build(out=DEFAULT_OUT, seed: int = 0, steps: int = PRETRAIN["steps"], log=pr
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(False)
-    shown = out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out
-    log(f"saved {shown} in {time.perf_counter() - start:.0f} s")
+    log(f"saved {shown(out)} in {time.perf_counter() - start:.0f} s")
     return out
 
 

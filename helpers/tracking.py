@@ -3,68 +3,65 @@
 Taught in notebook 04. ``auto`` picks ``cloud`` when an API key is stored (``swanlab login``) or set
 (``SWANLAB_API_KEY``), else ``local``: the run is written to swanlog/ and opened with
 ``swanlab watch swanlog``. ``offline`` writes a run to upload later with ``swanlab sync``;
-``disabled`` writes nothing. Transformers' SwanLab reporter needs a run started first, so
-``start_run`` runs before the trainer is built.
+``disabled`` writes nothing. ``SWANLAB_MODE`` in the environment chooses too. Transformers'
+SwanLab reporter needs a run started first, so ``start_tracking`` runs before the trainer is built.
 """
 
 from __future__ import annotations
 
+import os
+
 from helpers import CourseError, resolve
 
 MODES = ("auto", "cloud", "local", "offline", "disabled")
-LOG_DIR = "swanlog"
+PROJECT = "glm4-lora-course"
 
 
-def resolve_mode(mode: str = "auto") -> tuple[str, str]:
-    """The concrete mode for ``mode`` and why, without prompting or touching the network."""
-    from helpers.env import swanlab_state
+def log_dir() -> str:
+    """Where local and offline runs are written: SWANLAB_LOG_DIR, else swanlog/ in the repository."""
+    return os.environ.get("SWANLAB_LOG_DIR") or str(resolve("swanlog"))
 
+
+def swanlab_state() -> tuple[str, str]:
+    """The SwanLab mode a run will use here, and why (no prompt, no network)."""
+    if os.environ.get("SWANLAB_MODE"):
+        return os.environ["SWANLAB_MODE"], "set by SWANLAB_MODE"
+    try:
+        from swanlab import Settings
+
+        logged_in = bool(Settings().api_key)
+    except Exception:  # a broken config file must not stop the check
+        logged_in = False
+    if logged_in:
+        return "cloud", "an API key is stored (swanlab login) or set in SWANLAB_API_KEY"
+    return "local", "no API key: runs are written to swanlog/ and viewed with `swanlab watch`"
+
+
+def start_tracking(mode: str = "auto", name: str | None = None, config: dict | None = None) -> str:
+    """Start a SwanLab run in ``mode`` and say so in one line; returns the mode used.
+
+    A cloud run that cannot start (no key, no network) falls back to local; ``disabled`` starts nothing.
+    """
     if mode not in MODES:
         raise CourseError(f"unknown tracking mode {mode!r}: choose one of {', '.join(MODES)}.")
-    if mode != "auto":
-        return mode, "asked for"
-    found, why = swanlab_state()
-    return ("cloud" if found == "online" else found), why
-
-
-def start_run(mode: str, project: str, name: str, config: dict):
-    """Start a SwanLab run (None when disabled); a cloud run that cannot start falls back to local."""
+    why = "asked for"
+    if mode == "auto":
+        mode, why = swanlab_state()
+        mode = "cloud" if mode == "online" else mode
     if mode == "disabled":
-        return None
+        print("tracking: off (nothing is written)")
+        return mode
     import swanlab
 
-    import os
-
-    log_dir = os.environ.get("SWANLAB_LOG_DIR") or str(resolve(LOG_DIR))
-    kwargs = dict(project=project, name=name, config=config, log_dir=log_dir, reinit=True)
+    kwargs = dict(project=PROJECT, name=name, config=config, log_dir=log_dir(), reinit=True)
     try:
-        return swanlab.init(mode="online" if mode == "cloud" else mode, **kwargs)
+        swanlab.init(mode="online" if mode == "cloud" else mode, **kwargs)
     except Exception as err:  # no key, no network, a refused login: keep the run, locally
         if mode != "cloud":
             raise
-        print(f"SwanLab cloud did not start ({type(err).__name__}); logging locally to {LOG_DIR}/ instead")
-        return swanlab.init(mode="local", **kwargs)
-
-
-def active() -> bool:
-    try:
-        import swanlab
-
-        return swanlab.get_run() is not None
-    except Exception:  # no run: get_run raises
-        return False
-
-
-def log_texts(key: str, texts: list[str], step: int) -> None:
-    """Log texts (generated answers) to the active run; without one, nothing happens."""
-    if active():
-        import swanlab
-
-        swanlab.log({key: [swanlab.Text(t) for t in texts]}, step=step)
-
-
-def finish() -> None:
-    if active():
-        import swanlab
-
-        swanlab.finish()
+        print(f"SwanLab cloud did not start ({type(err).__name__}); logging locally instead")
+        mode, why = "local", "cloud failed"
+        swanlab.init(mode="local", **kwargs)
+    hint = f"; open it with `swanlab watch {log_dir()}`" if mode == "local" else ""
+    print(f"tracking: SwanLab {mode} ({why}){hint}")
+    return mode

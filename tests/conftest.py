@@ -1,5 +1,6 @@
-"""Shared fixtures: the tiny GLM-4 (built once when missing), notebook 04's default run, offline settings."""
+"""Shared fixtures: the tiny GLM-4 (built once when missing), notebook runs, notebook 04's default run."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from helpers import REPO_ROOT, resolve  # noqa: E402
 
-NB04 = REPO_ROOT / "notebooks/04_lora_sft.ipynb"
+NOTEBOOKS = REPO_ROOT / "notebooks"
 
 
 @pytest.fixture(scope="session")
@@ -49,26 +50,55 @@ def run_module(*args, env=None, timeout=120, input=None):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def outputs_of(executed) -> list:
-    """Every output of an executed notebook."""
-    import nbformat
+class Executed:
+    """An executed notebook: its status, its record (the JSON shown by the cell tagged `record`), its outputs."""
 
-    return [o for c in nbformat.read(executed, as_version=4).cells for o in c.get("outputs", [])]
+    def __init__(self, status, path):
+        import nbformat
+
+        self.status, self.path = status, path
+        self.notebook = nbformat.read(path, as_version=4)
+        self.outputs = [o for c in self.notebook.cells for o in c.get("outputs", [])]
+        self.shown = json.dumps(self.outputs, ensure_ascii=False)
+        record = [c for c in self.notebook.cells if "record" in c.metadata.get("tags", [])]
+        shown = [o["data"]["application/json"] for c in record for o in c.get("outputs", [])
+                 if "application/json" in o.get("data", {})]
+        self.record = shown[0] if shown else None
+
+
+def execute(name_or_path, out_dir, source_edits=(), **parameters) -> Executed:
+    """Run a notebook headless in a fresh kernel, as `make tutorial` does; ``source_edits`` are (old, new)
+    replacements in its cells first, as a learner typing into them would make."""
+    from pathlib import Path
+
+    from helpers.tutorial import run_notebook
+
+    path = Path(name_or_path)
+    path = path if path.is_absolute() else NOTEBOOKS / path
+    if source_edits:
+        import nbformat
+
+        nb = nbformat.read(path, as_version=4)
+        for old, new in source_edits:
+            cells = [c for c in nb.cells if old in c.source]
+            assert len(cells) == 1, f"{old!r} is in {len(cells)} cells of {path.name}"
+            cells[0].source = cells[0].source.replace(old, new)
+        path = out_dir / "edited" / path.name
+        path.parent.mkdir(exist_ok=True)
+        nbformat.write(nb, path)
+    status, _, executed = run_notebook(path, out_dir, parameters)
+    return Executed(status, executed)
 
 
 @pytest.fixture(scope="session")
 def nb04(tmp_path_factory, tiny_dir):
-    """Notebook 04 run once with its defaults (the whole tiny training), tracked in SwanLab's local mode:
-    (its record, its outputs, its directory, where the adapter is ``adapter/``). Notebook 05 starts from it."""
-    import json
-
-    from helpers.tutorial import run_notebook
-
+    """Notebook 04 run once with its defaults (the whole tiny training), tracked in SwanLab's local mode.
+    The adapter is in ``run.adapter``; notebook 05's tests start from it."""
     out_dir = tmp_path_factory.mktemp("nb04")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SWANLAB_LOG_DIR", str(out_dir / "swanlog"))  # the kernel inherits the environment
-        status, _, executed = run_notebook(NB04, out_dir, {
-            "PROFILE": "tiny", "OUTPUT_DIR": str(out_dir / "adapter"), "TRACKING": "local",
-            "RECORD_FILE": str(out_dir / "04.json")})
-    assert status == "ok", status
-    return json.loads((out_dir / "04.json").read_text(encoding="utf-8")), outputs_of(executed), out_dir
+        run = execute("04_lora_sft.ipynb", out_dir, PROFILE="tiny", OUTPUT_DIR=str(out_dir / "adapter"),
+                      TRACKING="local")
+    assert run.status == "ok", run.status
+    run.adapter, run.dir = out_dir / "adapter", out_dir
+    return run

@@ -1,4 +1,4 @@
-"""The chat command: adapter or full model, piped turns, /reset and /exit, and clear refusals."""
+"""Chatting: reply and its streaming, batched replies, the Chat history, the command line, and its refusals."""
 
 import json
 import shutil
@@ -7,16 +7,19 @@ import pytest
 
 from conftest import run_module
 from helpers import CourseError
-from helpers.chat import adapter_base, load_chat_model, reply
+from helpers.chat import Chat, load_adapter, reply
+from helpers.checks import check_adapter
+from helpers.evaluate import reply_batch
 from helpers.profiles import get_profile
-from helpers.train import train
+from helpers.train import RunArgs, train
 
 
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory, tiny_dir):
     out = tmp_path_factory.mktemp("chat") / "adapter"
-    profile = get_profile("tiny", max_steps=10, eval_steps=10, save_steps=10, logging_steps=5)
-    return train(profile, output_dir=out, tracking="disabled").adapter_dir
+    profile = get_profile("tiny", max_steps=10, eval_steps=10, save_steps=10, logging_steps=5, output_dir=str(out))
+    train(profile, RunArgs(profile="tiny", tracking="disabled"))
+    return out
 
 
 def test_piped_conversation_with_reset_and_exit(adapter):
@@ -40,56 +43,73 @@ def test_bad_directories_are_refused_in_one_sentence(args, message):
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def moved(adapter, tmp_path, **profile_changes):
+    """A copy of the adapter whose profile.json says something else."""
+    copy = tmp_path / "adapter"
+    shutil.copytree(adapter, copy)
+    saved = json.loads((copy / "profile.json").read_text(encoding="utf-8"))
+    (copy / "profile.json").write_text(json.dumps({**saved, **profile_changes}), encoding="utf-8")
+    return copy
+
+
 def test_adapter_whose_base_is_missing(adapter, tmp_path):
-    moved = tmp_path / "adapter"
-    shutil.copytree(adapter, moved)
-    run = json.loads((moved / "course_run.json").read_text(encoding="utf-8"))
-    run["base_model"] = "weights/not-built-yet"
-    (moved / "course_run.json").write_text(json.dumps(run), encoding="utf-8")
     with pytest.raises(CourseError, match="base model weights/not-built-yet is missing"):
-        adapter_base(moved)
+        check_adapter(moved(adapter, tmp_path, model_path="weights/not-built-yet"))
 
 
-def test_adapter_trained_on_another_base_is_refused(adapter, tmp_path, tiny_dir):
+def test_adapter_trained_on_another_base_is_refused_before_loading(adapter, tmp_path, tiny_dir):
     from transformers import AutoConfig, GlmForCausalLM
 
     other = tmp_path / "other-base"
     config = AutoConfig.from_pretrained(tiny_dir)
     config.hidden_size, config.intermediate_size = 96, 320  # another model of the same family
     GlmForCausalLM(config).save_pretrained(other)
-    moved = tmp_path / "adapter"
-    shutil.copytree(adapter, moved)
-    run = json.loads((moved / "course_run.json").read_text(encoding="utf-8"))
-    run["base_model"] = str(other)
-    (moved / "course_run.json").write_text(json.dumps(run), encoding="utf-8")
-    with pytest.raises(CourseError, match="trained on another base model"):
-        load_chat_model(adapter=moved)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tiny_dir / name, other / name)
+    with pytest.raises(CourseError, match=r"does not fit .*needs \[16, \d+\], the adapter has \[16, \d+\]\): it was trained on another base model"):
+        check_adapter(moved(adapter, tmp_path, model_path=str(other)))
 
 
 def test_merged_model_answers_exactly_as_base_plus_adapter(adapter, tmp_path):
-    model, tokenizer = load_chat_model(adapter=adapter)
+    model, tokenizer, profile = load_adapter(adapter)
     messages = [{"role": "user", "content": "你是谁？"}]
     expected = reply(model, tokenizer, messages, max_new_tokens=24)
     merged_dir = tmp_path / "merged"
     model.merge_and_unload().save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
-    merged, merged_tokenizer = load_chat_model(model=merged_dir)
-    assert reply(merged, merged_tokenizer, messages, max_new_tokens=24) == expected
-    result = run_module("helpers.chat", "--model", str(merged_dir), "--max-new-tokens", "8", input="你好\n")
-    assert result.returncode == 0 and "assistant> " in result.stdout
+    profile.save(merged_dir)
+    result = run_module("helpers.chat", "--model", str(merged_dir), "--max-new-tokens", "24", input="你是谁？\n")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split("assistant> ", 1)[1].strip().startswith(expected[0])
+    refused = run_module("helpers.chat", "--model", str(adapter), input="")
+    assert refused.returncode == 2 and "is a LoRA adapter, not a full model: use --adapter" in refused.stderr
 
 
 def test_streaming_pieces_add_up_to_the_answer(adapter):
-    model, tokenizer = load_chat_model(adapter=adapter)
+    model, tokenizer, _ = load_adapter(adapter)
     pieces = []
     text, stopped = reply(model, tokenizer, [{"role": "user", "content": "你好"}], max_new_tokens=20,
                           stream=pieces.append)
     assert "".join(pieces).strip() == text and isinstance(stopped, bool)
+    assert (text, stopped) == reply(model, tokenizer, [{"role": "user", "content": "你好"}], max_new_tokens=20)
+
+
+def test_a_failing_generation_ends_the_stream_and_raises(model, tokenizer):
+    with pytest.raises(ValueError):  # a negative length: generate refuses it inside the thread
+        reply(model, tokenizer, [{"role": "user", "content": "你好"}], max_new_tokens=-1, stream=lambda _: None)
+
+
+def test_chat_keeps_the_history_and_resets(model, tokenizer):
+    chat = Chat(model, tokenizer, max_new_tokens=6, system="你是知微。")
+    answer, _ = chat.send("你好")
+    chat.send("你是谁？")
+    assert chat.turn == 2 and [m["role"] for m in chat.history] == ["system", "user", "assistant", "user", "assistant"]
+    assert chat.history[2]["content"] == answer
+    chat.reset()
+    assert chat.turn == 0 and chat.history == [{"role": "system", "content": "你是知微。"}]
 
 
 def test_batched_replies_equal_one_by_one(model, tokenizer):
-    from helpers.chat import reply_batch
-
     prompts = ["你是谁？", "把下面的句子翻译成英文。\n\n今天很冷。", "写一句诗。", "1 加 1 等于几？", "hi"]
     conversations = [[{"role": "user", "content": p}] for p in prompts]
     side, tokenizer.padding_side = tokenizer.padding_side, "right"  # as a training set-up may leave it

@@ -57,7 +57,7 @@ def test_missing_file(tmp_path):
 @pytest.mark.parametrize("row,message", [
     ({"instruction": "写一首诗", "input": ""}, "row 2: has no 'output' field"),
     ({"instruction": "  ", "input": "", "output": "x"}, "row 2: 'instruction' is empty"),
-    ({"instruction": "加法", "input": 3, "output": "x"}, "row 2: 'input' is a int, not a string"),
+    ({"instruction": "加法", "input": 3, "output": "x"}, "row 2: 'input' is an int, not a string"),
     ("just text", "row 2: is a JSON str, not an object"),
 ])
 def test_bad_rows_are_named_with_the_fix(tmp_path, row, message):
@@ -71,7 +71,7 @@ def test_dropping_bad_rows_says_how_many(tmp_path, capsys):
     good = {"instruction": "你好", "output": "你好！"}  # no input: Alpaca allows it
     path = write(tmp_path, "rows.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in
                                                  [good, {"instruction": "x"}, good, {"output": "y"}]))
-    data = load_alpaca(str(path), split="all", drop_bad=True)
+    data = load_alpaca(str(path), split="all", drop_bad=True, identity=False)
     assert len(data) == 2 and data[0]["input"] == ""
     assert "dropped 2 of 4 rows" in capsys.readouterr().out
 
@@ -86,10 +86,14 @@ def test_split_is_stable_and_disjoint():
 def test_split_of_a_local_file(tmp_path):
     rows = [{"instruction": f"问题{i}", "input": "", "output": f"答案{i}"} for i in range(400)]
     path = write(tmp_path, "full.json", rows)
-    train = load_alpaca(str(path), test_fraction=0.05)
+    train = load_alpaca(str(path), test_fraction=0.05, identity=False)
     test = load_alpaca(str(path), split="test", test_fraction=0.05)
     assert len(train) + len(test) == 400 and 5 <= len(test) <= 40
     assert not set(train["instruction"]) & set(test["instruction"])
+    # the course's identity rows join the training rows of any source, never its test rows
+    with_identity = load_alpaca(str(path), test_fraction=0.05)
+    assert len(with_identity) == len(train) + len(load_alpaca("data/identity_zh.json", split="all"))
+    assert sum("知微" in o for o in with_identity["output"]) > sum("知微" in o for o in train["output"])
 
 
 def test_full_data_offline_fails_fast_with_the_alternatives():
@@ -111,7 +115,7 @@ def test_check_command_reports_counts_stats_and_every_problem(tmp_path):
     result = run_module("helpers.data", str(path))
     assert result.returncode == 1
     assert "3 rows, 1 usable" in result.stdout and "2 problem(s)" in result.stdout
-    assert "row 2: 'instruction' is empty" in result.stdout and "row 3: 'output' is a int" in result.stdout
+    assert "row 2: 'instruction' is empty" in result.stdout and "row 3: 'output' is an int" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
 
     ok = run_module("helpers.data", "data/alpaca_zh_sample.json")

@@ -26,3 +26,18 @@ def test_unreachable_endpoint_fails_in_one_sentence():
 def test_unknown_profile_is_refused_by_the_parser():
     result = run_module("helpers.download", "tiny")
     assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+def test_a_tokenizer_without_a_chat_template_gets_glm4s(tmp_path, tiny_dir):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from helpers.download import add_chat_template
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # no chat_template.jinja, like some base checkpoints
+        shutil.copy(tiny_dir / name, tmp_path / name)
+    assert add_chat_template(tmp_path) is True and add_chat_template(tmp_path) is False  # added once
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False, add_generation_prompt=True)
+    assert text == "[gMASK]<sop><|user|>\n你好<|assistant|>"

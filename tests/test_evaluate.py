@@ -1,14 +1,17 @@
 """The before/after measures: which rows are identity questions, the eval loss, the switch to the base."""
 
 import pytest
+import torch
 
 from conftest import run_module
-from helpers.evaluate import adapter_switch, eval_loss, gives_identity, heldout_rows, measure
+from helpers.data import load_alpaca
+from helpers.evaluate import eval_loss, gives_identity, measure
+from helpers.formatting import prepare_dataset
 
 
 def test_heldout_rows_are_40_general_and_25_identity_questions():
-    rows = heldout_rows()
-    assert [r["kind"] for r in rows].count("general") == 40 and [r["kind"] for r in rows].count("identity") == 25
+    kinds = [gives_identity(output) for output in load_alpaca("sample", split="test")["output"]]
+    assert kinds.count(False) == 40 and kinds.count(True) == 25
 
 
 def test_identity_is_the_trained_name_in_either_spelling():
@@ -17,40 +20,52 @@ def test_identity_is_the_trained_name_in_either_spelling():
 
 
 def test_eval_loss_counts_answer_tokens_like_the_training_loss(model, tokenizer):
-    import torch
-
-    from helpers.formatting import prepare
-
-    rows = heldout_rows()[:3]
-    prepared, _ = prepare(rows, tokenizer, 256, verbose=False)
+    examples = prepare_dataset(load_alpaca("sample", split="test").select(range(3)), tokenizer, 256)
     losses, counts = [], []
     with torch.no_grad():  # one example at a time, with the model's own loss: no padding involved
-        for ex in prepared:
+        for ex in examples:
             out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]]))
             n = sum(label != -100 for label in ex["labels"][1:])
             losses.append(out.loss.item() * n)
             counts.append(n)
-    assert eval_loss(model, tokenizer, rows, 256, batch_size=2) == pytest.approx(sum(losses) / sum(counts), rel=1e-4)
+    assert eval_loss(model, examples, tokenizer.pad_token_id, batch_size=2) == pytest.approx(sum(losses) / sum(counts), rel=1e-4)
 
 
-def test_a_plain_model_is_measured_without_an_adapter_switch(model, tokenizer):
-    with adapter_switch(model, enabled=False):  # no PEFT: nothing to switch off
-        pass
-    rows = heldout_rows()[-2:]
-    found = measure(model, tokenizer, rows, 256, max_new_tokens=8, adapter=False)
-    assert found.name == "base" and len(found.answers) == 2
-    assert set(found.summary()) >= {"eval_loss", "stop_rate", "identity_share"}
+def test_measures_of_a_plain_model(model, tokenizer):
+    rows = load_alpaca("sample", split="test").select(range(38, 42))  # two general, two identity questions
+    found = measure(model, tokenizer, rows.to_list(), prepare_dataset(rows, tokenizer, 256), max_new_tokens=8)
+    assert [a["kind"] for a in found["answers"]] == ["general", "general", "identity", "identity"]
+    assert found["stop_rate"] == sum(a["stopped"] for a in found["answers"]) / 4
+    assert found["identity_share"] == sum(a["identity"] for a in found["answers"][2:]) / 2
+    assert found["eval_loss"] > 0
+
+
+def test_switching_the_adapter_off_gives_the_base_models_logits(tmp_path, model, tokenizer, tiny_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir),
+                                LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    inputs = tokenizer("长城有多长？", return_tensors="pt")
+    with torch.no_grad():
+        base = model(**inputs).logits
+        with peft_model.disable_adapter():
+            switched_off = peft_model(**inputs).logits
+        switched_on = peft_model(**inputs).logits
+    torch.testing.assert_close(switched_off, base)
+    assert (switched_on - base).abs().max() > 1e-3  # the adapter, random here, does change the output
 
 
 def test_evaluate_command_prints_base_and_fine_tuned(tmp_path, tiny_dir):
     from helpers.profiles import get_profile
-    from helpers.train import train
+    from helpers.train import RunArgs, train
 
-    adapter = train(get_profile("tiny", max_steps=5, eval_steps=5, save_steps=5, logging_steps=5),
-                    output_dir=tmp_path / "adapter", tracking="disabled").adapter_dir
-    result = run_module("helpers.evaluate", "--adapter", str(adapter), "--max-new-tokens", "4", timeout=300)
+    out = tmp_path / "adapter"
+    train(get_profile("tiny", max_steps=5, eval_steps=5, save_steps=5, logging_steps=5, output_dir=str(out)),
+          RunArgs(profile="tiny", tracking="disabled"))
+    result = run_module("helpers.evaluate", "--adapter", str(out), "--max-new-tokens", "4", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
-    assert lines[-2].startswith("base") and lines[-1].startswith("fine-tuned")
+    assert lines[-2].startswith("base") and lines[-1].startswith("fine-tuned") and "65 rows" in lines[-3]
     bad = run_module("helpers.evaluate", "--adapter", str(tmp_path / "nothing"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,128 +1,79 @@
-"""helpers.models on the tiny GLM-4: loading, end ids, parameter counts, memory, and the learner's errors."""
+"""Loading models as a profile says, and the checks that run before: device, weights, tokenizer, template."""
 
 import dataclasses
-import json
+import shutil
 
 import pytest
 import torch
 
 from helpers import CourseError
-from helpers.models import (count_parameters, end_token_ids, load_model, load_tokenizer, parameter_kind,
-                            weights_memory_gb)
-from helpers.profiles import get_profile
+from helpers.checks import check_device, check_weights, missing_error, preflight
+from helpers.models import load_model
+from helpers.profiles import PROFILES, get_profile
 
 
-@pytest.fixture(scope="module")
-def loaded(tiny_dir):
-    return load_model(get_profile("tiny"))
-
-
-def test_load_model_gives_the_base_model_in_eval_mode(loaded):
-    model, tokenizer = loaded
+def test_load_model_gives_the_base_model_in_eval_mode(tiny_dir):
+    model = load_model(get_profile("tiny"))
     assert type(model).__name__ == "GlmForCausalLM" and not model.training
     assert model.dtype == torch.float32 and model.device.type == "cpu"
-    assert tokenizer("你好")["input_ids"][:2] == tokenizer.convert_tokens_to_ids(["[gMASK]", "<sop>"])
+    assert list(model.generation_config.eos_token_id) == [3000, 3007, 3009]  # GLM-4's three end ids, tiny's ids
 
 
-def test_load_tokenizer_reads_the_model_directory(tiny_dir):
-    tokenizer = load_tokenizer(tiny_dir)
-    assert tokenizer.chat_template and tokenizer.eos_token == "<|endoftext|>"
+def test_load_model_loads_another_directory_in_the_profiles_dtype(tiny_dir, tmp_path):
+    shutil.copytree(tiny_dir, tmp_path / "copy")
+    model = load_model(dataclasses.replace(get_profile("tiny"), dtype="bfloat16"), tmp_path / "copy")
+    assert model.dtype == torch.bfloat16
 
 
-def test_end_token_ids_are_the_three_glm4_end_ids_in_order(loaded, tiny_dir):
-    model, tokenizer = loaded
-    ids = end_token_ids(tokenizer)
-    assert tokenizer.convert_ids_to_tokens(ids) == ["<|endoftext|>", "<|user|>", "<|observation|>"]
-    saved = json.loads((tiny_dir / "generation_config.json").read_text())["eos_token_id"]
-    assert ids == saved == list(model.generation_config.eos_token_id)
-
-
-def test_count_parameters_groups_every_parameter_by_kind(loaded):
-    model, _ = loaded
-    counts = count_parameters(model)
-    assert list(counts) == ["embeddings", "attention", "mlp", "norms", "lm_head", "total"]
-    assert counts["total"] == sum(p.numel() for p in model.parameters())
-    assert sum(v for k, v in counts.items() if k != "total") == counts["total"]
-    cfg = model.config
-    assert counts["embeddings"] == counts["lm_head"] == cfg.vocab_size * cfg.hidden_size
-    # fused gate_up_proj (hidden -> 2 x intermediate) and down_proj, no bias
-    assert counts["mlp"] == cfg.num_hidden_layers * 3 * cfg.hidden_size * cfg.intermediate_size
-    assert counts["norms"] == (2 * cfg.num_hidden_layers + 1) * cfg.hidden_size
-
-
-def test_count_parameters_gives_glm4_9b_figures_on_the_meta_device():
-    from transformers import GlmConfig, GlmForCausalLM
-
-    with torch.device("meta"):  # the 9B shape without allocating memory
-        model = GlmForCausalLM(GlmConfig())
-    counts = count_parameters(model)
-    assert counts["total"] == 9_399_951_360
-    assert counts["embeddings"] == counts["lm_head"] == 151_552 * 4096
-
-
-def test_parameter_kind_knows_lora_and_projection_names():
-    assert parameter_kind("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight") == "lora"
-    assert parameter_kind("model.layers.3.mlp.gate_up_proj.weight") == "mlp"
-    assert parameter_kind("model.layers.3.self_attn.v_proj.bias") == "attention"
-    assert parameter_kind("model.norm.weight") == "norms"
-
-
-def test_weights_memory_counts_parameters_and_buffers(loaded):
-    model, _ = loaded
-    params = sum(p.numel() * 4 for p in model.parameters())
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    assert weights_memory_gb(model) == pytest.approx((params + buffers) / 1024**3)
-
-
-def test_missing_tiny_weights_say_make_tiny(tmp_path):
-    profile = dataclasses.replace(get_profile("tiny"), model_path=str(tmp_path / "nothing"))
-    with pytest.raises(CourseError, match="not found: check the path"):
-        load_model(profile)
-    # the real tiny directory, when missing, names the command that builds it
-    from helpers import models
-
-    err = models.missing_error(get_profile("tiny").model_dir)
-    assert str(err) == "weights/tiny-glm4 not found: build it with `make tiny`."
-
-
-def test_missing_9b_weights_say_how_to_download(tmp_path):
-    from helpers import models
-
-    msg = str(models.missing_error(get_profile("glm4-9b").model_dir))
+def test_missing_weights_say_how_to_get_them(tmp_path):
+    assert str(missing_error(get_profile("tiny").model_dir)) == "weights/tiny-glm4 not found: build it with `make tiny`."
+    msg = str(missing_error(get_profile("glm4-9b").model_dir))
     assert msg.startswith("weights/glm-4-9b-hf not found: download it with `python -m helpers.download glm4-9b`")
-    assert 'PROFILE = "tiny"' in msg and msg.count(".") >= 1 and "\n" not in msg
+    assert 'PROFILE = "tiny"' in msg and "\n" not in msg
     with pytest.raises(CourseError, match="not found: check the path"):
-        load_tokenizer(tmp_path)
+        check_weights(get_profile("tiny"), tmp_path / "nothing")
 
 
-def test_tiny_has_no_chat_model():
-    with pytest.raises(CourseError, match="tiny has no chat model") as err:
-        load_model(get_profile("tiny"), "chat")
-    assert "PROFILE" in str(err.value)
-    with pytest.raises(CourseError, match="which="):
-        load_model(get_profile("tiny"), "instruct")
+def test_a_model_directory_without_tokenizer_or_template_is_refused(tmp_path, tiny_dir):
+    (tmp_path / "config.json").write_text((tiny_dir / "config.json").read_text())
+    with pytest.raises(CourseError, match="has no tokenizer"):
+        check_weights(get_profile("tiny"), tmp_path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # no chat_template.jinja, like some base checkpoints
+        shutil.copy(tiny_dir / name, tmp_path / name)
+    with pytest.raises(CourseError, match="has no chat template: run `python -m helpers.download glm4-9b`"):
+        check_weights(get_profile("tiny"), tmp_path)
+    assert check_weights(get_profile("tiny")) == get_profile("tiny").model_dir
 
 
-def test_cuda_profile_on_a_machine_without_gpu_is_refused_before_loading(tiny_dir):
-    from helpers.env import gpu_info
+@pytest.mark.parametrize("gpu,message", [
+    (None, 'needs a CUDA GPU and none was found: set PROFILE = "tiny"'),
+    ({"name": "Tesla T4", "bf16": False, "total_gb": 15.8}, "Tesla T4 has no bf16, which GLM-4 needs to train"),
+    ({"name": "RTX A4000", "bf16": True, "total_gb": 17.2}, "needs about 22 GB of GPU memory but this GPU has 17 GB: "
+                                                            "use --profile glm4-9b-qlora"),
+    ({"name": "RTX 3070", "bf16": True, "total_gb": 8.6}, "use a larger GPU, several GPUs"),
+])
+def test_a_gpu_that_cannot_train_the_9b_is_refused_in_one_sentence(gpu, message):
+    with pytest.raises(CourseError, match="") as err:
+        check_device(PROFILES["glm4-9b"], gpu=gpu)
+    assert message in str(err.value) and "\n" not in str(err.value)
 
-    if gpu_info() is not None:
-        pytest.skip("this machine has a CUDA GPU")
-    for profile in (get_profile("glm4-9b"), dataclasses.replace(get_profile("tiny"), device="cuda")):
-        with pytest.raises(CourseError) as err:
-            load_model(profile)
-        assert "no" in str(err.value) and 'PROFILE = "tiny"' in str(err.value)
-        assert "CUDA GPU" in str(err.value)
+
+def test_a_fitting_gpu_passes_and_4bit_needs_bitsandbytes():
+    import importlib.util
+
+    a100 = {"name": "A100", "bf16": True, "total_gb": 85.0}
+    check_device(PROFILES["glm4-9b"], gpu=a100)  # fits: no error
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(CourseError, match=r"bitsandbytes, which is not installed: run .*\[qlora\]"):
+            check_device(PROFILES["glm4-9b-qlora"], gpu=a100)
+    else:
+        check_device(PROFILES["glm4-9b-qlora"], gpu=a100)
 
 
-def test_tokenizer_saved_without_a_template_gets_glm4s(tmp_path, tiny_dir):
-    import shutil
+def test_preflight_on_this_machine(tiny_dir, tmp_path):
+    from helpers.memory import gpu_info
 
-    from helpers.models import load_tokenizer
-
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tiny_dir / name, tmp_path / name)  # no chat_template.jinja, like some base checkpoints
-    tokenizer = load_tokenizer(tmp_path)
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "你好"}], tokenize=False,
-                                         add_generation_prompt=True)
-    assert text == "[gMASK]<sop><|user|>\n你好<|assistant|>"
+    assert preflight(get_profile("tiny"), tmp_path / "new", resume=False) is None
+    if gpu_info() is None:
+        with pytest.raises(CourseError, match="needs a CUDA GPU"):
+            preflight(get_profile("glm4-9b"))

@@ -1,14 +1,12 @@
-"""Every notebook is committed clean and follows the skeleton; each runs headless and records results."""
+"""Every notebook is committed clean and follows the skeleton; notebook 00 runs; the tutorial command runs them."""
 
 import ast
-import json
 
 import nbformat
 import pytest
 
-from conftest import run_module
-from helpers import REPO_ROOT
-from helpers.tutorial import notebooks, run_notebook
+from conftest import execute, run_module
+from helpers.tutorial import notebooks
 
 NOTEBOOKS = notebooks()
 
@@ -25,30 +23,28 @@ def test_notebook_is_stripped_and_follows_the_skeleton(path):
     for node in ast.parse(params[0].source).body:  # literals only, so papermill can override them
         assert isinstance(node, ast.Assign) and node.targets[0].id.isupper()
         ast.literal_eval(node.value)
+    record = [c for c in code if "record" in c.metadata.get("tags", [])]
+    assert len(record) == 1 and record[0] is code[-1], "one last code cell, tagged record, shows the run's results"
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     for heading in ("## 小结", "## 练习", "## 下一步"):
         assert heading in text
     assert "!pip" not in "\n".join(c.source for c in code) and "torch.cuda" not in "\n".join(c.source for c in code)
     assert len(nb.cells) <= 40
+    assert max(len(c.source.splitlines()) for c in code) <= 30, "cells short enough to read"
 
 
-def test_notebook_00_runs_and_records_the_environment(tmp_path, tiny_dir):
-    record = tmp_path / "00.json"
-    status, _, out = run_notebook(REPO_ROOT / "notebooks/00_environment.ipynb", tmp_path,
-                                  {"PROFILE": "tiny", "HUB_TIMEOUT": 1.0, "RECORD_FILE": str(record)})
-    assert status == "ok", status
-    found = json.loads(record.read_text(encoding="utf-8"))
-    assert found["profile"] == "tiny" and found["auto_profile"] == "tiny"
-    assert "CUDA" in found["auto_reason"]
-    assert found["counts"]["fail"] == 0
+def test_notebook_00_runs_and_shows_the_environment(tmp_path, tiny_dir):
+    run = execute("00_environment.ipynb", tmp_path, PROFILE="tiny", HUB_TIMEOUT=1.0)
+    assert run.status == "ok", run.status
+    found = run.record
+    assert found["profile"] == "tiny" and found["counts"]["fail"] == 0
     checks = {c["name"]: c for c in found["checks"]}
     assert checks["weights/tiny-glm4"]["status"] == "ok"
     assert checks["transformers"]["status"] == "ok" and checks["torch"]["detail"].startswith("2.13.0")
-    assert found["swanlab_mode"] in ("local", "cloud", "offline", "disabled")
-    # the executed copy shows the tables a learner sees
-    executed = nbformat.read(out, as_version=4)
-    shown = json.dumps([c.get("outputs", []) for c in executed.cells], ensure_ascii=False)
-    assert "text/html" in shown and "weights/glm-4-9b-hf" in shown and "auto 会选择：tiny" in shown
+    assert checks["swanlab"]["detail"].split()[0] in ("local", "cloud", "offline", "disabled")
+    # the auto choice is shown as the code makes it, with its reason
+    assert f"auto 会选择：{found['auto_profile']}（{found['auto_reason']}）" in run.shown
+    assert "text/html" in run.shown and "weights/glm-4-9b-hf" in run.shown
 
 
 def test_tutorial_command_runs_notebooks_and_prints_a_table(tmp_path, tiny_dir):

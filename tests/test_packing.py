@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from helpers.evaluate import heldout_rows
-from helpers.formatting import prepare
+from helpers.data import load_alpaca
+from helpers.formatting import prepare_dataset
 
 
 def separate_loss(model, examples) -> float:
@@ -19,8 +19,7 @@ def separate_loss(model, examples) -> float:
 def test_padding_free_batch_attends_within_each_example_only(model, tokenizer):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    prepared, _ = prepare(heldout_rows()[:4], tokenizer, 256, verbose=False)
-    examples = [{"input_ids": ex["input_ids"], "labels": ex["labels"]} for ex in prepared]
+    examples = list(prepare_dataset(load_alpaca("sample", split="test").select(range(4)), tokenizer, 256))
     batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(examples)
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one row, no padding
     with torch.no_grad():

@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 
 from helpers import CourseError
-from helpers.profiles import GLM4_LORA_TARGETS, PROFILES, Profile, auto_profile, get_profile
+from helpers.glm4 import LORA_TARGETS
+from helpers.profiles import PROFILES, Profile, auto_profile, get_profile, override_flags
 
 
 def test_profiles_are_frozen_and_complete():
@@ -13,7 +14,7 @@ def test_profiles_are_frozen_and_complete():
         assert isinstance(profile, Profile)
         with pytest.raises(dataclasses.FrozenInstanceError):
             profile.learning_rate = 1.0  # type: ignore[misc]
-        assert set(profile.lora_target_modules) <= set(GLM4_LORA_TARGETS)
+        assert set(profile.lora_target_modules) <= set(LORA_TARGETS)
         assert profile.max_steps == -1 or profile.max_steps > 0
 
 
@@ -39,10 +40,14 @@ def test_tiny_profile_runs_on_cpu_in_fp32():
     assert p.model_path == "weights/tiny-glm4"
 
 
-def test_auto_picks_tiny_without_a_gpu_and_says_why():
-    profile, reason = auto_profile()
-    assert profile.name == "tiny"  # this machine and CI have no CUDA GPU
-    assert "CUDA" in reason and "\n" not in reason
+@pytest.mark.parametrize("gpu,reason", [
+    (None, "no CUDA GPU found"),
+    ({"name": "Tesla V100", "bf16": False, "total_gb": 34.1}, "Tesla V100 has no bf16"),
+    ({"name": "A100", "bf16": True, "total_gb": 85.0}, "weights/glm-4-9b-hf is missing: python -m helpers.download"),
+])
+def test_auto_falls_back_to_tiny_and_says_why(gpu, reason):
+    profile, why = auto_profile(gpu=gpu)
+    assert profile.name == "tiny" and reason in why and "\n" not in why
 
 
 def test_get_profile_applies_overrides_and_rejects_unknown_names():
@@ -56,5 +61,17 @@ def test_get_profile_applies_overrides_and_rejects_unknown_names():
 
 
 def test_get_profile_auto_prints_its_choice(capsys):
-    assert get_profile("auto").name == "tiny"
-    assert capsys.readouterr().out.startswith("profile: tiny (")
+    name = get_profile("auto").name
+    assert capsys.readouterr().out.startswith(f"profile: {name} (")
+
+
+def test_every_field_but_the_name_is_an_optional_flag():
+    fields = {f.name: f for f in dataclasses.fields(override_flags())}
+    assert set(fields) == {f.name for f in dataclasses.fields(Profile)} - {"name"}
+    assert all(f.default is None and f.metadata["help"] for f in fields.values())
+
+
+def test_a_profile_saved_beside_an_adapter_loads_back(tmp_path):
+    profile = get_profile("tiny", lora_r=4)
+    profile.save(tmp_path)
+    assert Profile.load(tmp_path) == profile and Profile.load(tmp_path / "nothing") is None

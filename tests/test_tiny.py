@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from helpers.profiles import GLM4_LORA_TARGETS
-from helpers.tiny import END_TOKENS, SPECIAL_TOKENS, build
+from helpers.glm4 import END_TOKENS, LORA_TARGETS, SPECIAL_TOKENS
+from helpers.tiny import build
 
 # Renderings of GLM-4-9B-chat's template, written out by hand from the template's rules.
 RENDERINGS = [
@@ -121,7 +121,7 @@ def test_model_has_glm4_structure(model, tokenizer):
 
 def test_lora_targets_are_glm4_module_names(model):
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    assert set(GLM4_LORA_TARGETS) <= names
+    assert set(LORA_TARGETS) <= names
     assert not {"gate_proj", "up_proj"} & names  # GLM-4 fuses them into gate_up_proj
 
 

@@ -1,4 +1,4 @@
-"""Training: the command line trains, tracks and saves; bad input stops early; resume, divergence, DDP, QLoRA."""
+"""Training: the command line trains, tracks and saves; bad input stops early; YAML; resume, divergence, DDP."""
 
 import json
 
@@ -9,46 +9,65 @@ from transformers import TrainerCallback
 
 from conftest import run_module
 from helpers import CourseError, REPO_ROOT
+from helpers.checks import check_output_dir, complete_checkpoints
 from helpers.profiles import PROFILES, get_profile
-from helpers.train import TrainingDiverged, check_output_dir, complete_checkpoints, train
+from helpers.train import RunArgs, train
 
 QUICK = dict(max_steps=12, eval_steps=6, save_steps=6, logging_steps=3)
 
 
-def quick_profile(**overrides):
-    return get_profile("tiny", **{**QUICK, **overrides})
+def quick_profile(output_dir, **overrides):
+    return get_profile("tiny", **{**QUICK, "output_dir": str(output_dir), **overrides})
 
 
-@pytest.fixture()
-def swanlog(tmp_path, monkeypatch):
-    monkeypatch.setenv("SWANLAB_LOG_DIR", str(tmp_path / "swanlog"))
-    return tmp_path / "swanlog"
+OFF = RunArgs(profile="tiny", tracking="disabled")
 
 
-def test_command_line_trains_tracks_locally_and_saves(tmp_path, tiny_dir, swanlog):
-    out = tmp_path / "run"
+def results(output_dir):
+    return json.loads((output_dir / "all_results.json").read_text(encoding="utf-8"))
+
+
+def test_command_line_trains_tracks_locally_and_saves(tmp_path, tiny_dir):
+    out, swanlog = tmp_path / "run", tmp_path / "swanlog"
     result = run_module("helpers.train", "--profile", "tiny", "--max-steps", "12", "--eval-steps", "6",
-                        "--save-steps", "6", "--output-dir", str(out), "--tracking", "local",
+                        "--save-steps", "6", "--logging-steps", "3", "--output-dir", str(out), "--tracking", "local",
                         env={"SWANLAB_LOG_DIR": str(swanlog)}, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
-                 "course_run.json"):
+                 "profile.json", "all_results.json"):
         assert (out / name).is_file(), name
-    run = json.loads((out / "course_run.json").read_text(encoding="utf-8"))
-    assert run["profile"]["name"] == "tiny" and run["profile"]["max_steps"] == 12
-    assert run["metrics"]["steps"] == 12 and run["settings"]["tracking"] == "local"
-    assert run["metrics"]["eval_loss_after"] < run["metrics"]["eval_loss_before"]
-    assert "swanlab watch" in result.stdout
-    assert any(swanlog.rglob("*")), "local mode writes the run under the log directory"
+    saved = json.loads((out / "profile.json").read_text(encoding="utf-8"))
+    assert saved["name"] == "tiny" and saved["max_steps"] == 12 and saved["output_dir"] == str(out)
+    found = results(out)
+    assert found["steps"] == 12 and found["tracking"] == "local"
+    assert found["eval_loss_after"] < found["eval_loss_before"]
     assert {p.name for p in out.glob("checkpoint-*")} == {"checkpoint-6", "checkpoint-12"}
+    assert "swanlab watch" in result.stdout and any(swanlog.rglob("*"))
+    # a log file gets one short line per log, not progress bars or raw dicts
+    assert "step 3/12  loss " in result.stdout and "{'loss'" not in result.stdout
 
 
-def test_prediction_samples_work_with_tracking_off(tmp_path, tiny_dir):
-    result = train(quick_profile(), output_dir=tmp_path / "off", tracking="disabled", prompts=["你是谁？"])
-    steps = [p["step"] for p in result.predictions]
-    assert 6 in steps and 12 in steps and all(p["prompt"] == "你是谁？" for p in result.predictions)
-    assert result.tracking == "disabled" and result.trainable_parameters > 0
-    assert [h["eval_loss"] for h in result.log_history if "eval_loss" in h]
+def test_prediction_callback_answers_with_and_without_tracking(tmp_path, model, tokenizer, monkeypatch):
+    import swanlab
+    from transformers import TrainerState
+    from trl import SFTConfig
+
+    from helpers.sft import PredictionCallback
+
+    callback = PredictionCallback(tokenizer, ["你是谁？"], max_new_tokens=6)
+    state = TrainerState()
+    state.global_step = 7
+    off = SFTConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, bf16=False)
+    callback.on_evaluate(off, state, None, model=model)  # tracking off: answers, logs nothing
+    assert callback.history == [{"step": 7, "prompt": "你是谁？", "answer": callback.history[0]["answer"],
+                                 "stopped": callback.history[0]["stopped"]}]
+    swanlab.init(mode="local", project="test", log_dir=str(tmp_path / "swanlog"), reinit=True)
+    try:
+        on = SFTConfig(output_dir=str(tmp_path), report_to="swanlab", use_cpu=True, bf16=False)
+        callback.on_evaluate(on, state, None, model=model)  # logs the answers to the active run
+    finally:
+        swanlab.finish()
+    assert len(callback.history) == 2 and any((tmp_path / "swanlog").rglob("*"))
 
 
 def test_an_output_dir_with_another_run_is_refused_and_left_alone(tmp_path):
@@ -77,13 +96,40 @@ def test_bad_data_stops_before_loading(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_yaml_config_and_flags(tmp_path):
+def test_a_yaml_config_is_parsed_like_flags_and_trains(tmp_path, tiny_dir):
     config = tmp_path / "run.yaml"
-    config.write_text("profile: glm4-9b\nmax_steps: 5\n", encoding="utf-8")
+    # 5e-4 is a string to YAML 1.1 (no dot): parsed as a flag it is the float 0.0005
+    config.write_text("profile: tiny\nlearning_rate: 5e-4\nmax_steps: 3\neval_steps: 3\nsave_steps: 3\n"
+                      "lora_target_modules: [q_proj, v_proj]\npacking: false\ntracking: disabled\n", encoding="utf-8")
+    out = tmp_path / "yaml-run"
+    result = run_module("helpers.train", "--config", str(config), "--output-dir", str(out), "--max-steps", "2",
+                        timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    saved = json.loads((out / "profile.json").read_text(encoding="utf-8"))
+    assert saved["learning_rate"] == 0.0005 and saved["lora_target_modules"] == ["q_proj", "v_proj"]
+    assert saved["max_steps"] == 2 and results(out)["steps"] == 2  # the command line wins over the file
+
+
+@pytest.mark.parametrize("content,message", [
+    ("profile: tiny\nlearning_rat: 1e-4\n", "unknown setting 'learning_rat' (did you mean 'learning_rate'?)"),
+    ("max_steps: 2.5\n", "invalid int value: '2.5'"),
+    ("- max_steps\n", "must be a YAML mapping"),
+])
+def test_a_bad_yaml_config_is_refused_in_one_line(tmp_path, content, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(content, encoding="utf-8")
     result = run_module("helpers.train", "--config", str(config))
-    assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr  # the YAML's profile was used
-    result = run_module("helpers.train", "--config", str(tmp_path / "missing.yaml"))
-    assert result.returncode == 2 and "not found" in result.stderr
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_flags_and_config_files_are_checked():
+    result = run_module("helpers.train", "--config", "missing.yaml")
+    assert result.returncode == 2 and "missing.yaml not found" in result.stderr
+    result = run_module("helpers.train", "--lr", "3")
+    assert result.returncode == 2 and "unknown argument --lr" in result.stderr
+    result = run_module("helpers.train", "--help")
+    assert result.returncode == 0 and "--learning-rate" in result.stdout and "--model-path" in result.stdout
 
 
 class StopAt(TrainerCallback):
@@ -98,15 +144,14 @@ class StopAt(TrainerCallback):
 
 
 def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, tiny_dir):
-    profile = quick_profile()
-    whole = train(profile, output_dir=tmp_path / "whole", tracking="disabled")
+    train(quick_profile(tmp_path / "whole"), OFF)
     with pytest.raises(KeyboardInterrupt):
-        train(profile, output_dir=tmp_path / "cut", tracking="disabled", callbacks=[StopAt(8)])
+        train(quick_profile(tmp_path / "cut"), OFF, callbacks=[StopAt(8)])
     assert [p.name for p in complete_checkpoints(tmp_path / "cut")] == ["checkpoint-6"]
-    resumed = train(profile, output_dir=tmp_path / "cut", resume=True, tracking="disabled")
-    assert resumed.steps == whole.steps == 12
-    a = load_file(whole.adapter_dir / "adapter_model.safetensors")
-    b = load_file(resumed.adapter_dir / "adapter_model.safetensors")
+    resumed = train(quick_profile(tmp_path / "cut"), RunArgs(profile="tiny", tracking="disabled", resume=True))
+    assert resumed["steps"] == 12 and resumed["eval_loss_before"] is None
+    a = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
@@ -135,8 +180,8 @@ class Poison(TrainerCallback):
 
 
 def test_divergence_stops_training_at_once(tmp_path, tiny_dir):
-    with pytest.raises(TrainingDiverged, match=r"nan or inf at step 4: lower the learning rate"):
-        train(quick_profile(), output_dir=tmp_path / "nan", tracking="disabled", callbacks=[Poison()])
+    with pytest.raises(CourseError, match=r"nan or inf at step 4: lower the learning rate"):
+        train(quick_profile(tmp_path / "nan"), OFF, callbacks=[Poison()])
     assert not (tmp_path / "nan" / "adapter_model.safetensors").exists()  # no broken adapter is saved
 
 
@@ -150,34 +195,21 @@ def test_ddp_on_two_cpu_processes_splits_the_data_and_saves_one_adapter(tmp_path
            "--output-dir", str(out), "--tracking", "disabled"]
     result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    shards = [json.loads((out / "data_shards" / f"rank-{r}.json").read_text()) for r in (0, 1)]
-    batch = PROFILES["tiny"].batch_size
-    # 6 steps of its own batches each (the data loader may fetch one batch ahead)
-    assert all(6 * batch <= s["examples"] <= 7 * batch for s in shards)
-    overlap = set(shards[0]["checksums"]) & set(shards[1]["checksums"])
-    assert len(overlap) <= 1, "the two processes trained on different examples"
-    assert (out / "adapter_model.safetensors").is_file()
-    assert json.loads((out / "course_run.json").read_text())["metrics"]["steps"] == 6
-
-
-def test_qlora_profile_configures_4bit_nf4_and_refuses_a_cpu():
-    from helpers.models import load_model, quantization_config
-
-    profile = PROFILES["glm4-9b-qlora"]
-    config = quantization_config(profile)
-    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
-    assert config.bnb_4bit_compute_dtype == torch.bfloat16
-    assert quantization_config(PROFILES["glm4-9b"]) is None
-    with pytest.raises(CourseError, match="needs a CUDA GPU"):
-        load_model(profile)
+    found = results(out)
+    # each of the 2 processes trained its own batches: 6 steps covered 2 x 6 x 8 examples of the 519
+    assert found["steps"] == 6 and found["epoch"] == pytest.approx(2 * 6 * 8 / 519, rel=0.02)
+    assert (out / "adapter_model.safetensors").is_file() and result.stdout.count("adapter saved to") == 1
 
 
 def test_the_9b_profiles_pack_and_the_tiny_one_pads():
-    from helpers.train import sft_config
+    from dataclasses import replace
 
-    for name in ("glm4-9b", "glm4-9b-qlora"):
-        args = sft_config(PROFILES[name], "unused", bf16=False, use_cpu=True)  # no GPU here
+    from helpers.sft import sft_config
+
+    for name in ("glm4-9b", "glm4-9b-qlora"):  # bf16 on a GPU; here its settings are checked on the CPU
+        args = sft_config(replace(PROFILES[name], device="cpu", dtype="float32"), "unused")
         assert args.packing is True and args.packing_strategy == "bfd" and args.per_device_train_batch_size == 2
+        assert (args.learning_rate, args.max_length, args.num_train_epochs) == (5e-4, 512, 3.0)
     assert sft_config(PROFILES["tiny"], "unused").packing is False
 
 
@@ -186,6 +218,5 @@ def test_packed_training_runs_padding_free(tmp_path, tiny_dir):
                         "--save-steps", "4", "--logging-steps", "2", "--output-dir", str(tmp_path / "packed"),
                         "--tracking", "disabled", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    run = json.loads((tmp_path / "packed" / "course_run.json").read_text(encoding="utf-8"))
-    assert run["profile"]["packing"] is True and run["metrics"]["steps"] == 4
-    assert not (tmp_path / "packed" / "data_shards").exists()  # packed rows mix examples: nothing to record
+    saved = json.loads((tmp_path / "packed" / "profile.json").read_text(encoding="utf-8"))
+    assert saved["packing"] is True and results(tmp_path / "packed")["steps"] == 4

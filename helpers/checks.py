@@ -1,0 +1,161 @@
+"""Checks that run before anything heavy loads, each failing in one sentence with the fix.
+
+Taught in notebooks 01 (device and weights) and 04 (output directory and resume); every command
+line runs the same checks:
+
+    checkpoint = preflight(profile, output_dir, resume)   # device, weights, output directory
+    adapter_dir, profile = check_adapter("outputs/lora-tiny")  # an adapter and its own profile, checked to load
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from helpers import CourseError, resolve, shown
+from helpers.glm4 import has_chat_template
+from helpers.memory import estimate, gpu_info
+from helpers.profiles import MACHINE, PROFILES, Profile, fitting_profile
+
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+
+
+def missing_error(path: Path) -> CourseError:
+    """'<dir> not found: <how to get it>', with the fix that fits the directory."""
+    fix = "check the path"
+    for profile in PROFILES.values():
+        if path in (profile.model_dir, profile.chat_model_dir):
+            fix = ("build it with `make tiny`" if profile.name == "tiny" else
+                   "download it with `python -m helpers.download glm4-9b`, or set PROFILE = \"tiny\"")
+            break
+    return CourseError(f"{shown(path)} not found: {fix}.")
+
+
+def check_device(profile: Profile, gpu=MACHINE) -> None:
+    """A CUDA profile needs a GPU with bf16 and enough memory for its estimate; 4-bit needs bitsandbytes.
+
+    ``gpu`` describes the machine (``gpu_info()``'s dict, or None); by default it is read from this one.
+    """
+    if profile.device == "cuda":
+        gpu = gpu_info() if gpu is MACHINE else gpu
+        if gpu is None:
+            raise CourseError(f"profile {profile.name} needs a CUDA GPU and none was found: "
+                              "set PROFILE = \"tiny\" (--profile tiny on the command line) to run on the CPU.")
+        if profile.dtype == "bfloat16" and not gpu["bf16"]:
+            raise CourseError(f"{gpu['name']} has no bf16, which GLM-4 needs to train (fp16 gives nan losses, "
+                              "zai-org/GLM-4 issue 96): use a GPU that has it (A100, RTX 30/40, H100), "
+                              "or set PROFILE = \"tiny\".")
+        need = estimate(profile)["total"]
+        if need > gpu["total_gb"]:
+            other = fitting_profile(gpu["total_gb"])
+            fix = (f"use --profile {other.name} (PROFILE = \"{other.name}\", about {estimate(other)['total']:.0f} GB)"
+                   if other else "use a larger GPU, several GPUs with configs/accelerate/zero3.yaml, or the tiny profile")
+            raise CourseError(f"profile {profile.name} needs about {need:.0f} GB of GPU memory but this GPU has "
+                              f"{gpu['total_gb']:.0f} GB: {fix}.")
+    if profile.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
+        raise CourseError(f"profile {profile.name} loads 4-bit weights with bitsandbytes, which is not "
+                          "installed: run `.venv/bin/pip install -e \".[qlora]\"`.")
+
+
+def check_weights(profile: Profile, path=None) -> Path:
+    """The model directory (default: the profile's base), after checking it holds a model, a tokenizer
+    and a chat template."""
+    path = resolve(path) if path is not None else profile.model_dir
+    if not (path / "config.json").is_file():
+        raise missing_error(path)
+    if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
+        raise CourseError(f"{shown(path)} has no tokenizer: copy the whole model directory, tokenizer files included.")
+    if not has_chat_template(path):
+        raise CourseError(f"{shown(path)} has no chat template: run `python -m helpers.download glm4-9b` "
+                          "once more, which adds GLM-4's (helpers/glm4_chat_template.jinja).")
+    return path
+
+
+def complete_checkpoints(output_dir) -> list[Path]:
+    """Checkpoints the Trainer finished writing, oldest first; a half-written one is skipped with a warning."""
+    def step(path):
+        tail = path.name.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    found = []
+    for path in sorted(resolve(output_dir).glob("checkpoint-*"), key=step):
+        missing = [n for n in CHECKPOINT_FILES if not (path / n).is_file()]
+        if missing:
+            print(f"warning: skipping {path.name}, left incomplete (no {missing[0]}): it is not loaded")
+        else:
+            found.append(path)
+    return found
+
+
+def check_output_dir(output_dir, resume: bool) -> Path | None:
+    """The checkpoint to resume from (or None); refuses to write over another run's results."""
+    output_dir = resolve(output_dir)
+    if not output_dir.exists():
+        if resume:
+            print(f"resume: {shown(output_dir)} does not exist yet, so training starts from the beginning")
+        return None
+    checkpoints = complete_checkpoints(output_dir)
+    if resume:
+        if not checkpoints:
+            print(f"resume: no complete checkpoint in {shown(output_dir)}, so training starts from the beginning")
+        return checkpoints[-1] if checkpoints else None
+    if (output_dir / "adapter_config.json").is_file() or any(output_dir.glob("checkpoint-*")):
+        raise CourseError(f"{shown(output_dir)} already holds a trained adapter or checkpoints: resume it with "
+                          "--resume (RESUME = True), choose another --output-dir, or delete that directory.")
+    return None
+
+
+def preflight(profile: Profile, output_dir=None, resume: bool = False) -> Path | None:
+    """Every cheap check before a model loads: device, weights, and (when given) the output directory.
+    Returns the checkpoint to resume from, if any."""
+    check_device(profile)
+    check_weights(profile)
+    return check_output_dir(output_dir, resume) if output_dir is not None else None
+
+
+def check_adapter(adapter_dir) -> tuple[Path, Profile]:
+    """The adapter's path and the profile it was trained with, after checking that it loads here: the
+    directory is an adapter, its base model is present, its shapes fit that base, and this machine has
+    the device."""
+    adapter_dir = resolve(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise CourseError(f"{shown(adapter_dir)} does not exist: train one with `python -m helpers.train` "
+                          "(or notebook 04), or check the adapter path.")
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        hint = " (it holds a full model: use --model instead)" if (adapter_dir / "config.json").is_file() else ""
+        raise CourseError(f"{shown(adapter_dir)} is not a LoRA adapter: it has no adapter_config.json{hint}.")
+    profile = Profile.load(adapter_dir)
+    if profile is None:  # an adapter made outside the course: its recorded base, loaded as this machine allows
+        base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or "(not recorded)"
+        name = "glm4-9b" if gpu_info() else "tiny"
+        profile = Profile(**{**PROFILES[name].as_dict(), "name": "unknown", "model_path": base})
+    if not profile.weights_present():
+        raise CourseError(f"the adapter's base model {profile.model_path} is missing: build or download it "
+                          "(`make tiny`, or `python -m helpers.download glm4-9b`) and run again.")
+    check_adapter_fits(adapter_dir, profile.model_dir)
+    check_device(profile)
+    return adapter_dir, profile
+
+
+def check_adapter_fits(adapter_dir: Path, base_dir: Path) -> None:
+    """Every LoRA matrix of the adapter has the shape its layer in the base model needs (read from the
+    files' headers and the base's config: nothing is loaded)."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        base = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+    layers = dict(base.named_modules())
+    with safe_open(adapter_dir / "adapter_model.safetensors", "pt") as f:
+        for key in f.keys():
+            name, matrix = key.removeprefix("base_model.model.").rsplit(".lora_", 1)
+            layer, shape = layers.get(name), f.get_slice(key).get_shape()
+            expected = None if layer is None else (
+                [shape[0], layer.in_features] if matrix.startswith("A") else [layer.out_features, shape[1]])
+            if shape != expected:
+                raise CourseError(f"{shown(adapter_dir)} does not fit {shown(base_dir)} ({name} "
+                                  f"{'is missing' if layer is None else f'needs {expected}, the adapter has {shape}'}): "
+                                  "it was trained on another base model; use the base it was trained on.")
