@@ -12,6 +12,7 @@ Type /reset to start a new conversation and /exit (or end the input) to leave.
 """
 
 import argparse
+import dataclasses
 import sys
 from threading import Thread
 
@@ -21,8 +22,7 @@ from transformers import AutoTokenizer, TextIteratorStreamer
 from helpers import CourseError, resolve, run_cli, shown
 from helpers.checks import check_adapter, check_device, check_weights
 from helpers.models import load_model
-from helpers.profiles import PROFILES, Profile
-from helpers.memory import gpu_info
+from helpers.profiles import Profile, machine_profile
 
 
 def load_adapter(adapter_dir):  #@save
@@ -92,9 +92,8 @@ def load_full_model(model_dir):
     model_dir = resolve(model_dir)
     if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
         raise CourseError(f"{shown(model_dir)} is a LoRA adapter, not a full model: use --adapter.")
-    saved = Profile.load(model_dir)
-    profile = saved or PROFILES["glm4-9b" if gpu_info() else "tiny"]
-    profile = Profile(**{**profile.as_dict(), "model_path": str(model_dir), "load_in_4bit": False})
+    profile = dataclasses.replace(Profile.load(model_dir) or machine_profile(), model_path=str(model_dir),
+                                  load_in_4bit=False)  # merged weights are plain: never quantised on load
     check_weights(profile)
     check_device(profile)
     return load_model(profile), AutoTokenizer.from_pretrained(model_dir), profile

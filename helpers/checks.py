@@ -9,6 +9,7 @@ line runs the same checks:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from helpers import CourseError, resolve, shown
 from helpers.glm4 import has_chat_template
 from helpers.memory import estimate, gpu_info
-from helpers.profiles import MACHINE, PROFILES, Profile, fitting_profile
+from helpers.profiles import MACHINE, PROFILES, Profile, fitting_profile, machine_profile
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 
@@ -129,8 +130,7 @@ def check_adapter(adapter_dir) -> tuple[Path, Profile]:
     profile = Profile.load(adapter_dir)
     if profile is None:  # an adapter made outside the course: its recorded base, loaded as this machine allows
         base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or "(not recorded)"
-        name = "glm4-9b" if gpu_info() else "tiny"
-        profile = Profile(**{**PROFILES[name].as_dict(), "name": "unknown", "model_path": base})
+        profile = dataclasses.replace(machine_profile(), name="unknown", model_path=base)
     if not profile.weights_present():
         raise CourseError(f"the adapter's base model {profile.model_path} is missing: build or download it "
                           "(`make tiny`, or `python -m helpers.download glm4-9b`) and run again.")

@@ -207,6 +207,12 @@ def auto_profile(gpu=MACHINE, bitsandbytes: bool | None = None) -> tuple[Profile
                   f"(about {estimate(fits)['total']:.0f} GB), and the 9B weights are present")
 
 
+def machine_profile() -> Profile:
+    """How this machine loads a model that came without a profile: the 9B's settings (bf16 on the GPU)
+    with a CUDA GPU, tiny's (fp32 on the CPU) without."""
+    return PROFILES["glm4-9b" if gpu_info() else "tiny"]
+
+
 def override_flags():
     """A dataclass with every profile field but ``name`` as an optional flag (None: the profile's value),
     for HfArgumentParser: ``--learning-rate 1e-4``, ``--lora-target-modules q_proj v_proj``."""
