@@ -1,6 +1,6 @@
 """Chat with a fine-tuned GLM-4: base model + LoRA adapter (or a merged or plain model), streaming.
 
-Taught in notebook 05, where ``load_adapter``, ``reply`` and ``Chat`` are written. Generation stops
+Taught in notebook 05, where ``load_adapter``, ``stream_generate``, ``reply`` and ``Chat`` are written. Generation stops
 on any of GLM-4's three end ids; the conversation goes through the chat template, so earlier turns
 are part of every prompt.
 
@@ -33,34 +33,39 @@ def load_adapter(adapter_dir):  #@save
     return model.eval(), tokenizer, profile
 
 
+def stream_generate(model, tokenizer, stream, **settings):  #@save
+    """`model.generate(**settings)`, passing each piece of decoded text to `stream(piece)` as soon as it is generated."""
+    streamer, result = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True), {}
+
+    def run():  # generate() returns only when done, so it runs in a thread, which keeps its result here
+        try:
+            result["output"] = model.generate(**settings, streamer=streamer)
+        except Exception as err:  # keep the error for the caller, and close the queue so the loop below ends
+            result["error"] = err
+            streamer.end()
+
+    thread = Thread(target=run)
+    thread.start()
+    for piece in streamer:  # the streamer is a queue of text: each piece as soon as it is decoded
+        stream(piece)
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["output"]
+
+
 def reply(model, tokenizer, messages, max_new_tokens=256, stream=None):  #@save
     """The assistant's next turn (greedy), and whether it ended on an end id rather than at `max_new_tokens`.
     With `stream`, each piece of text is passed to `stream(piece)` as soon as it is generated."""
     end_ids = model.generation_config.eos_token_id  # GLM-4: <|endoftext|>, <|user|>, <|observation|>
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    settings = dict(**inputs.to(model.device), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_ids,
-                    pad_token_id=tokenizer.pad_token_id)
-    if stream is None:
-        output = model.generate(**settings)
-    else:  # generate() returns only when done: run it in a thread that fills the streamer, a queue of text
-        streamer, result = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True), {}
-
-        def run():  # a thread loses its return value and its errors: keep both in `result`
-            try:
-                result["output"] = model.generate(**settings, streamer=streamer)
-            except Exception as err:
-                result["error"] = err
-                streamer.end()  # close the queue, or the loop below would wait forever
-
-        thread = Thread(target=run)
-        thread.start()
-        for piece in streamer:  # each piece as soon as it is decoded; the loop ends when generation does
-            stream(piece)
-        thread.join()
-        if "error" in result:
-            raise result["error"]
-        output = result["output"]
-    new = output[0, inputs["input_ids"].shape[1]:].tolist()
+    length, context = inputs["input_ids"].shape[1], model.config.max_position_embeddings
+    if length >= context:  # no position is left for an answer: generating on would give garbage
+        raise ValueError(f"the conversation is {length} tokens, but the model's context is {context}: shorten it.")
+    settings = dict(**inputs.to(model.device), max_new_tokens=min(max_new_tokens, context - length),
+                    do_sample=False, eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id)
+    output = model.generate(**settings) if stream is None else stream_generate(model, tokenizer, stream, **settings)
+    new = output[0, length:].tolist()
     return tokenizer.decode(new, skip_special_tokens=True).strip(), bool(new) and new[-1] in end_ids
 
 
@@ -70,16 +75,22 @@ class Chat:  #@save
     def __init__(self, model, tokenizer, max_new_tokens=256, system=None):
         self.model, self.tokenizer, self.max_new_tokens = model, tokenizer, max_new_tokens
         self.start = [{"role": "system", "content": system}] if system else []
-        self.history = list(self.start)
+        self.reset()
 
     def reset(self):
-        self.history = list(self.start)
+        self.history, self.dropped = list(self.start), 0  # dropped: old turns left out to fit the context
 
     def send(self, text, stream=None):
-        """Answer one user message, remembering both turns; returns (answer, stopped on an end id)."""
-        self.history.append({"role": "user", "content": text})
-        answer, stopped = reply(self.model, self.tokenizer, self.history, self.max_new_tokens, stream)
-        self.history.append({"role": "assistant", "content": answer})
+        """Answer one message and remember both turns; the oldest turns give way when the context fills up."""
+        message, first = {"role": "user", "content": text}, len(self.start)  # old turns start after a system message
+        context = self.model.config.max_position_embeddings
+        length = lambda turns: len(self.tokenizer.apply_chat_template(turns, add_generation_prompt=True)["input_ids"])
+        if length(self.start + [message]) < context:  # the message fits alone: make room for it and an answer
+            while len(self.history) > first and length(self.history + [message]) > context - self.max_new_tokens:
+                del self.history[first:first + 2]  # leave out the oldest question and its answer
+                self.dropped += 1
+        answer, stopped = reply(self.model, self.tokenizer, self.history + [message], self.max_new_tokens, stream)
+        self.history += [message, {"role": "assistant", "content": answer}]  # a refused message is never kept
         return answer, stopped
 
     @property
@@ -118,10 +129,14 @@ def main(argv=None) -> int:
 
     if interactive:
         print("chat started: /reset starts over, /exit leaves")
+    sys.stdin.reconfigure(errors="surrogateescape")  # bytes that are not UTF-8 arrive marked, not as an error
     while True:
         if interactive:
             write("you> ")
         line = sys.stdin.readline()
+        if any("\udc80" <= ch <= "\udcff" for ch in line):
+            line = line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            write("(this line is not valid UTF-8: the bytes that are not were replaced with �)\n")
         text = line.strip()
         if not line or text in ("/exit", "/quit"):
             return 0
@@ -131,8 +146,15 @@ def main(argv=None) -> int:
         elif not text:
             write("(empty message: type a question, /reset or /exit)\n")
         else:
-            write("assistant> ")
-            _, stopped = chat.send(text, stream=write)
+            dropped = chat.dropped
+            try:
+                write("assistant> ")
+                _, stopped = chat.send(text, stream=write)
+            except ValueError as err:  # too long for the model's context: refused, the chat goes on
+                write(f"(message refused: {err})\n")
+                continue
+            if chat.dropped > dropped:
+                write(f"(the {chat.dropped - dropped} oldest turn(s) were left out to fit the model's context)\n")
             write("\n" if stopped else f"\n(stopped at {args.max_new_tokens} tokens without an end token)\n")
 
 

@@ -17,9 +17,10 @@ twice) and with it on.
 import argparse
 
 import torch
+from datasets import disable_progress_bars
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from helpers import run_cli
+from helpers import CourseError, run_cli
 from helpers.chat import load_adapter
 from helpers.data import load_alpaca
 from helpers.formatting import prepare_dataset, to_messages
@@ -35,8 +36,12 @@ def reply_batch(model, tokenizer, conversations, max_new_tokens=256, batch_size=
         for start in range(0, len(conversations), batch_size):
             inputs = tokenizer.apply_chat_template(conversations[start:start + batch_size], add_generation_prompt=True,
                                                    padding=True, return_tensors="pt", return_dict=True).to(model.device)
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=end_ids,
-                                    pad_token_id=tokenizer.pad_token_id)  # attention_mask hides the padding
+            room = model.config.max_position_embeddings - inputs["input_ids"].shape[1]  # after the longest prompt
+            if room < 1:
+                raise ValueError(f"a prompt among conversations {start + 1}-{start + batch_size} is longer than the "
+                                 f"model's context of {model.config.max_position_embeddings} tokens: shorten it.")
+            output = model.generate(**inputs, max_new_tokens=min(max_new_tokens, room), do_sample=False,
+                                    eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id)  # attention_mask: pads unseen
             for new in output[:, inputs["input_ids"].shape[1]:].tolist():
                 # an answer that ended early is padded until the longest one ends: cut it at its first end id
                 end = next((i for i, token in enumerate(new) if token in end_ids), None)
@@ -90,13 +95,19 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="sample", help="the data whose test split is measured (default: sample)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the adapter profile's")
     args = parser.parse_args(argv)
+    disable_progress_bars()  # of the data preparation: one line says what it did
     model, tokenizer, profile = load_adapter(args.adapter)
     max_new_tokens = args.max_new_tokens or profile.max_new_tokens
     rows = load_alpaca(args.data, split="test")
     examples = prepare_dataset(rows, tokenizer, profile.max_length)
-    with model.disable_adapter():
-        base = measure(model, tokenizer, rows, examples, max_new_tokens)
-    tuned = measure(model, tokenizer, rows, examples, max_new_tokens)
+    if not len(examples):
+        raise CourseError(f"no held-out row of {args.data} fits in {profile.max_length} tokens: measure other data.")
+    try:
+        with model.disable_adapter():
+            base = measure(model, tokenizer, rows, examples, max_new_tokens)
+        tuned = measure(model, tokenizer, rows, examples, max_new_tokens)
+    except ValueError as err:  # a question longer than the model's context
+        raise CourseError(f"{args.data}: {err}") from None
     print(f"{'':<12}{'eval loss':>10}{'stop rate':>11}{'identity':>10}   ({len(rows)} rows, "
           f"{max_new_tokens} new tokens at most)")
     for name, m in (("base", base), ("fine-tuned", tuned)):

@@ -119,3 +119,76 @@ def test_batched_replies_equal_one_by_one(model, tokenizer):
     finally:
         tokenizer.padding_side = side
     assert batched == [reply(model, tokenizer, c, max_new_tokens=12) for c in conversations]
+
+
+def test_bytes_that_are_not_utf8_are_replaced_and_said(adapter):
+    import subprocess
+    import sys
+
+    from helpers import REPO_ROOT
+
+    result = subprocess.run([sys.executable, "-m", "helpers.chat", "--adapter", str(adapter), "--max-new-tokens", "4"],
+                            cwd=REPO_ROOT, input="你好".encode() + b"\xff\xfe\n" + "你是谁？\n".encode(),
+                            capture_output=True, timeout=120)
+    out = result.stdout.decode("utf-8")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    assert out.count("(this line is not valid UTF-8: the bytes that are not were replaced with �)") == 1
+    assert out.count("assistant> ") == 2 and b"Traceback" not in result.stderr
+
+
+def test_a_message_longer_than_the_context_is_refused_and_the_chat_goes_on(adapter):
+    turns = "你好" * 1200 + "\n你是谁？\n"  # 2,400 characters: more tokens than tiny's 1,024 positions
+    result = run_module("helpers.chat", "--adapter", str(adapter), "--max-new-tokens", "4", input=turns, timeout=120)
+    assert result.returncode == 0 and "Traceback" not in result.stderr
+    assert "(message refused: the conversation is " in result.stdout and "but the model's context is 1024" in result.stdout
+    assert result.stdout.count("assistant> ") == 2 and "exceeded the model's predefined maximum length" not in result.stderr
+
+
+@pytest.fixture()
+def short_context(model):
+    """The tiny model with only 64 positions, so a conversation outgrows it in a few turns."""
+    positions, model.config.max_position_embeddings = model.config.max_position_embeddings, 64
+    yield model
+    model.config.max_position_embeddings = positions
+
+
+def test_a_long_history_drops_its_oldest_turns(short_context, tokenizer):
+    chat = Chat(short_context, tokenizer, max_new_tokens=8, system="你是知微。")
+    for question in ["请介绍一下长城的历史。", "它有多长？", "为什么要修建它？", "现在还能去参观吗？"]:
+        chat.send(question)
+        prompt = tokenizer.apply_chat_template(chat.history[:-1], add_generation_prompt=True)["input_ids"]
+        assert len(prompt) <= 64 - 8  # what the model read left room for a whole answer in its 64 positions
+    assert chat.dropped >= 1 and chat.history[0]["role"] == "system"  # the system message is never dropped
+    assert chat.history[-2]["content"] == "现在还能去参观吗？"
+    history = list(chat.history)
+    with pytest.raises(ValueError, match=r"the conversation is \d+ tokens, but the model's context is 64"):
+        chat.send("长城" * 60)  # alone longer than the context: refused and forgotten
+    assert chat.history == history
+
+
+def test_generation_never_runs_past_the_positions(short_context, tokenizer):
+    answer, stopped = reply(short_context, tokenizer, [{"role": "user", "content": "请写一篇很长的文章。"}], max_new_tokens=500)
+    prompt = len(tokenizer.apply_chat_template([{"role": "user", "content": "请写一篇很长的文章。"}],
+                                                add_generation_prompt=True)["input_ids"])
+    assert len(tokenizer(answer, add_special_tokens=False)["input_ids"]) <= 64 - prompt + 2  # capped at the room left
+    with pytest.raises(ValueError, match="a prompt among conversations 1-16 is longer than the model's context of 64"):
+        reply_batch(short_context, tokenizer, [[{"role": "user", "content": "长城" * 60}]], max_new_tokens=4)
+
+
+def test_evaluate_refuses_data_longer_than_the_context_in_one_line(adapter, tmp_path, tokenizer):
+    from helpers.data import read_rows
+
+    text = "".join(row["output"] for row in read_rows("data/alpaca_zh_sample.json"))[:4000]
+    assert len(tokenizer(text)["input_ids"]) > 1024  # longer than tiny's context
+    from helpers.data import in_test_split
+
+    held_out = lambda rows: [row for row in rows if in_test_split(row, 0.02)]  # what evaluate measures of a file
+    short = held_out([{"instruction": f"问题 {i}", "input": "", "output": "短。"} for i in range(300)])[:2]
+    long = held_out([{"instruction": text[:3000 + i], "input": "", "output": "短。"} for i in range(300)])[:1]
+    rows = short + long  # one long question among short ones, all on the held-out side
+    data = tmp_path / "long.json"
+    data.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    result = run_module("helpers.evaluate", "--adapter", str(adapter), "--data", str(data), timeout=300)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and last.startswith("error: ") and "longer than the model's context of 1024" in last
+    assert "Traceback" not in result.stderr
