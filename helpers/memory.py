@@ -38,8 +38,8 @@ def model_config(profile):
     return AutoConfig.from_pretrained(profile.model_dir) if profile.weights_present() else GlmConfig()
 
 
-def estimate(profile, config=None) -> dict[str, float]:
-    """Peak memory in GB by part, and ``total``, for training the profile on one GPU."""
+def estimate(profile, config=None, digits: int | None = 2) -> dict[str, float]:
+    """Peak memory in GB by part, and ``total``, for training the profile on one GPU (rounded to ``digits``)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -67,9 +67,9 @@ def estimate(profile, config=None) -> dict[str, float]:
     # activations: with checkpointing one hidden state per layer is kept, plus one layer recomputed in full
     per_layer = tokens * h * bytes_per
     recompute = tokens * (6 * h + 4 * config.intermediate_size) * bytes_per
-    parts["activations"] = ((layers * per_layer + recompute) if profile.device == "cuda"
+    parts["activations"] = ((layers * per_layer + recompute) if profile.activation_checkpointing
                             else layers * (tokens * (8 * h + 4 * config.intermediate_size) * bytes_per)) / GB
     parts["logits + loss"] = tokens * v * (bytes_per + 4 + 4) / GB  # logits, fp32 copy and its gradient
     parts["cuda context + allocator"] = 1.2 if profile.device == "cuda" else 0.0
     parts["total"] = sum(parts.values())
-    return {k: round(x, 2) for k, x in parts.items()}
+    return {k: x if digits is None else round(x, digits) for k, x in parts.items()}

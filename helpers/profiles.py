@@ -53,6 +53,8 @@ class Profile:
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: load the base in 4-bit NF4 (bitsandbytes)"})
     max_new_tokens: int = field(default=512, metadata={"help": "longest answer when chatting and measuring"})
     packing: bool = field(default=False, metadata={"help": "BFD-pack whole examples into rows of max_length"})
+    activation_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute activations in the backward pass: less memory, more compute"})
 
     @property
     def model_dir(self):
@@ -107,6 +109,7 @@ _GLM4_9B = Profile(
     max_length=512,  # notebook 03 measures how many examples fit whole
     batch_size=2,  # rows of 512 packed tokens: about 1,000 real tokens a step, where the original's
     packing=True,  # 2 padded examples held about 430 (benchmarks/train_throughput.py, gpu_lora.py)
+    activation_checkpointing=True,  # the 9B's activations would not fit beside its weights otherwise
     grad_accum=1,
     learning_rate=5e-4,
     num_epochs=3.0,
@@ -177,11 +180,11 @@ def fitting_profile(gpu_gb: float, bf16: bool = True) -> Profile | None:
     return None
 
 
-def auto_profile(gpu=MACHINE, bitsandbytes: bool | None = None) -> tuple[Profile, str]:
+def auto_profile(gpu=MACHINE, bitsandbytes: bool | None = None, weights: bool | None = None) -> tuple[Profile, str]:
     """The largest profile a machine runs, and why: glm4-9b, glm4-9b-qlora, else tiny.
 
-    ``gpu`` describes the machine (``gpu_info()``'s dict, or None for no GPU); by default it is read
-    from this one, as is whether bitsandbytes is installed.
+    ``gpu`` describes the machine (``gpu_info()``'s dict, or None for no GPU), ``bitsandbytes`` whether it
+    is installed and ``weights`` whether the 9B weights are downloaded; by default each is read from this one.
     """
     import importlib.util
 
@@ -189,11 +192,13 @@ def auto_profile(gpu=MACHINE, bitsandbytes: bool | None = None) -> tuple[Profile
     gpu = gpu_info() if gpu is MACHINE else gpu
     if bitsandbytes is None:
         bitsandbytes = importlib.util.find_spec("bitsandbytes") is not None
+    if weights is None:
+        weights = big.weights_present()
     if gpu is None:
         return PROFILES["tiny"], "no CUDA GPU found, so the tiny model runs on the CPU"
     if not gpu["bf16"]:
         return PROFILES["tiny"], f"{gpu['name']} has no bf16, which GLM-4 needs to train stably"
-    if not big.weights_present():
+    if not weights:
         return PROFILES["tiny"], (f"{gpu['name']} found but {big.model_path} is missing: "
                                   "python -m helpers.download glm4-9b")
     fits = fitting_profile(gpu["total_gb"])

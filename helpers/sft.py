@@ -26,7 +26,6 @@ def lora_config(profile):  #@save
 
 def sft_config(profile, output_dir, report_to="none"):  #@save
     """TRL's SFTConfig from the profile: batch, learning rate and schedule, length, precision, checkpoints."""
-    on_gpu = profile.device == "cuda"
     return SFTConfig(
         output_dir=str(output_dir),
         per_device_train_batch_size=profile.batch_size, per_device_eval_batch_size=profile.batch_size,
@@ -38,8 +37,8 @@ def sft_config(profile, output_dir, report_to="none"):  #@save
         eval_strategy="steps", eval_steps=profile.eval_steps,
         save_strategy="steps", save_steps=profile.save_steps,
         logging_steps=profile.logging_steps, logging_nan_inf_filter=False,  # show a nan loss as nan
-        bf16=profile.dtype == "bfloat16", use_cpu=not on_gpu,  # GLM-4 trains in bf16, never fp16
-        activation_checkpointing=on_gpu,  # recompute activations in backward: less memory, more time
+        bf16=profile.dtype == "bfloat16", use_cpu=profile.device == "cpu",  # GLM-4 trains in bf16, never fp16
+        activation_checkpointing=profile.activation_checkpointing,  # recompute in backward: less memory, more time
         report_to=report_to, seed=profile.seed, data_seed=profile.seed,
     )
 

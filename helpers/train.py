@@ -8,6 +8,7 @@ bad data, an output directory holding another run's adapter) runs before the mod
     python -m helpers.train --profile tiny
     python -m helpers.train --profile tiny --max-steps 30 --output-dir outputs/try --tracking disabled
     python -m helpers.train --config my_run.yaml --resume
+    python -m helpers.train --profile glm4-9b-qlora --model-path weights/tiny-glm4 --device cpu --max-steps 5  # rehearse
     accelerate launch --config_file configs/accelerate/ddp.yaml -m helpers.train --profile glm4-9b
 """
 
@@ -95,10 +96,18 @@ class LogLines(TrainerCallback):
             print(f"{where}  {values}", flush=True)
 
 
+def keep_4bit_trainable(model):
+    """bitsandbytes repacks a 4-bit layer for fast CPU inference the first time it runs in eval mode (as the
+    evaluation before training does), and that layout cannot be trained afterwards (an in-place bias add on a
+    view fails): keep every layer in the trainable layout. Needed on a CPU only; GPUs have no such layout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+    return model
+
+
 def train(profile: Profile, run: RunArgs, callbacks=()) -> dict:
     """Fine-tune the profile's base with LoRA, as notebook 04 does, and save the adapter; returns the metrics."""
-    import warnings
-
     from accelerate import PartialState
     from datasets import disable_progress_bars
     from trl import SFTTrainer
@@ -106,7 +115,6 @@ def train(profile: Profile, run: RunArgs, callbacks=()) -> dict:
     output_dir = profile.output_path
     checkpoint = preflight(profile, output_dir, run.resume)
     disable_progress_bars()  # a log file needs no progress bars
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calls a renamed property
     tokenizer = AutoTokenizer.from_pretrained(profile.model_dir)
     train_set = prepare_dataset(load_alpaca(run.data, identity=run.identity), tokenizer, profile.max_length)
     eval_set = prepare_dataset(load_alpaca(run.data, split="test"), tokenizer, profile.max_length)
@@ -117,7 +125,10 @@ def train(profile: Profile, run: RunArgs, callbacks=()) -> dict:
                           {**profile.as_dict(), **dataclasses.asdict(run)}) if main_process else "disabled"
     training_args = sft_config(profile, output_dir, report_to="none" if mode == "disabled" else "swanlab")
     training_args.disable_tqdm = not sys.stderr.isatty()  # in a log file, one line per log instead of bars
-    trainer = SFTTrainer(model=load_model(profile), args=training_args, train_dataset=train_set, eval_dataset=eval_set,
+    model = load_model(profile)
+    if profile.load_in_4bit and profile.device == "cpu":  # a CPU rehearsal of the QLoRA recipe
+        keep_4bit_trainable(model)
+    trainer = SFTTrainer(model=model, args=training_args, train_dataset=train_set, eval_dataset=eval_set,
                          processing_class=tokenizer, peft_config=lora_config(profile),
                          callbacks=[PredictionCallback(tokenizer), DivergenceCallback(), *callbacks])
     if training_args.disable_tqdm:

@@ -60,6 +60,8 @@ class Executed:
         self.notebook = nbformat.read(path, as_version=4)
         self.outputs = [o for c in self.notebook.cells for o in c.get("outputs", [])]
         self.shown = json.dumps(self.outputs, ensure_ascii=False)
+        # red text under a cell: a learner reads it as something to fix, so every one must have a reason
+        self.stderr = ["".join(o["text"]) for o in self.outputs if o.get("name") == "stderr" and "".join(o["text"]).strip()]
         record = [c for c in self.notebook.cells if "record" in c.metadata.get("tags", [])]
         shown = [o["data"]["application/json"] for c in record for o in c.get("outputs", [])
                  if "application/json" in o.get("data", {})]

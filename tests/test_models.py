@@ -70,10 +70,8 @@ def test_a_fitting_gpu_passes_and_4bit_needs_bitsandbytes():
         check_device(PROFILES["glm4-9b-qlora"], gpu=a100)
 
 
-def test_preflight_on_this_machine(tiny_dir, tmp_path):
-    from helpers.memory import gpu_info
-
+def test_preflight_checks_the_weights_and_the_output_dir(tiny_dir, tmp_path):
     assert preflight(get_profile("tiny"), tmp_path / "new", resume=False) is None
-    if gpu_info() is None:
-        with pytest.raises(CourseError, match="needs a CUDA GPU"):
-            preflight(get_profile("glm4-9b"))
+    rehearsal = dataclasses.replace(PROFILES["glm4-9b"], device="cpu", model_path=str(tmp_path / "no-weights"))
+    with pytest.raises(CourseError, match="no-weights not found"):  # the CPU passes; the missing weights do not
+        preflight(rehearsal)

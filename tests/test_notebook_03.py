@@ -47,6 +47,7 @@ def test_03_pad_is_eos_demo_and_stable_split(nb03):
 def test_03_shows_the_histogram_and_the_label_mask(nb03):
     assert any("image/png" in o.get("data", {}) for o in nb03.outputs)  # the length histogram
     assert "text/html" in nb03.shown and "[不训练]" in nb03.shown and "[训练]" in nb03.shown
+    assert nb03.stderr == []  # no red warning under any cell (bitsandbytes' kernel notice included)
 
 
 def test_03_with_another_end_token_says_which_property_broke(tmp_path, tiny_dir):

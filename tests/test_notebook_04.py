@@ -48,6 +48,7 @@ def test_04_shows_predictions_a_progress_table_and_the_loss_plot(nb04):
     assert any("image/png" in o.get("data", {}) for o in nb04.outputs)
     # training shows as the Trainer's table (one row per evaluation), not as raw log dicts
     assert "<progress" in nb04.shown and "Validation Loss" in nb04.shown and "{'loss':" not in nb04.shown
+    assert nb04.stderr == []  # no red warning under any cell
 
 
 def test_04_with_a_learners_own_rank_and_learning_rate(tmp_path, tiny_dir, monkeypatch):

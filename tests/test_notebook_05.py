@@ -52,6 +52,7 @@ def test_05_shows_the_chart_and_a_scrolling_chat_box(nb05):
     kinds = {kind for o in nb05.outputs for kind in o.get("data", {})}
     assert "image/png" in kinds and "application/vnd.jupyter.widget-view+json" in kinds
     assert "stopped on an end id" in nb05.shown and "turn now: 0" in nb05.shown
+    assert nb05.stderr == []  # no red warning under any cell
 
 
 def test_05_earlier_cells_still_work_after_the_merge(nb05, nb04, tmp_path):

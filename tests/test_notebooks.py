@@ -30,7 +30,7 @@ def test_notebook_is_stripped_and_follows_the_skeleton(path):
         assert heading in text
     assert "!pip" not in "\n".join(c.source for c in code) and "torch.cuda" not in "\n".join(c.source for c in code)
     assert len(nb.cells) <= 40
-    assert max(len(c.source.splitlines()) for c in code) <= 30, "cells short enough to read"
+    assert max(len(c.source.splitlines()) for c in code) <= 32, "cells short enough to read"
 
 
 def test_notebook_00_runs_and_shows_the_environment(tmp_path, tiny_dir):
@@ -44,7 +44,7 @@ def test_notebook_00_runs_and_shows_the_environment(tmp_path, tiny_dir):
     assert checks["swanlab"]["detail"].split()[0] in ("local", "cloud", "offline", "disabled")
     # the auto choice is shown as the code makes it, with its reason
     assert f"auto 会选择：{found['auto_profile']}（{found['auto_reason']}）" in run.shown
-    assert "text/html" in run.shown and "weights/glm-4-9b-hf" in run.shown
+    assert "text/html" in run.shown and "weights/glm-4-9b-hf" in run.shown and run.stderr == []
 
 
 def test_tutorial_command_runs_notebooks_and_prints_a_table(tmp_path, tiny_dir):

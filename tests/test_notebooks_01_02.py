@@ -39,6 +39,7 @@ def test_01_counts_parameters_by_module(nb01, model):
     params = sum(p.numel() * 4 for p in model.parameters()) + sum(b.numel() * b.element_size() for b in model.buffers())
     assert found["weights_gib"] == pytest.approx(params / 1024**3, abs=1e-6)
     assert "GlmForCausalLM(" in nb01.shown and "gate_up_proj" in nb01.shown  # print(model) is shown
+    assert nb01.stderr == []  # no red warning under any cell
 
 
 def test_01_shows_one_prefix_and_base_model_continuations(nb01, tiny_dir):
@@ -57,6 +58,7 @@ def test_02_renders_the_template_as_expected(nb02):
     assert found["rendered"] == found["expected"]
     assert found["rendered"]["conversation"].endswith("<|assistant|>\n长城很长。")  # ANSWER was overridden
     assert all(text.count("[gMASK]<sop>") == 1 for text in found["rendered"].values())
+    assert nb02.stderr == []
 
 
 def test_02_one_prefix_the_right_ways_two_the_wrong_way(nb02):
@@ -73,11 +75,8 @@ def test_02_end_ids_and_stopping(nb02, tiny_dir):
     assert found["cut_answer"] == "\n长城很长。"
 
 
-def test_01_on_a_cuda_profile_without_gpu_stops_with_one_sentence(tmp_path, tiny_dir):
-    from helpers.memory import gpu_info
-
-    if gpu_info() is not None:
-        pytest.skip("this machine has a CUDA GPU")
+def test_01_on_a_cuda_profile_without_gpu_stops_with_one_sentence(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the kernel sees no GPU, whatever this machine has
     run = execute("01_base_model_inference.ipynb", tmp_path, PROFILE="glm4-9b")
     assert run.status.startswith("failed: CourseError:") and 'PROFILE = "tiny"' in run.status, run.status
     assert "Traceback" not in run.shown and run.record is None

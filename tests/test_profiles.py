@@ -40,14 +40,29 @@ def test_tiny_profile_runs_on_cpu_in_fp32():
     assert p.model_path == "weights/tiny-glm4"
 
 
-@pytest.mark.parametrize("gpu,reason", [
-    (None, "no CUDA GPU found"),
-    ({"name": "Tesla V100", "bf16": False, "total_gb": 34.1}, "Tesla V100 has no bf16"),
-    ({"name": "A100", "bf16": True, "total_gb": 85.0}, "weights/glm-4-9b-hf is missing: python -m helpers.download"),
+T4 = {"name": "Tesla T4", "bf16": False, "total_gb": 15.8}
+CARD_16GB = {"name": "RTX 4060 Ti 16GB", "bf16": True, "total_gb": 17.2}  # a "16 GB" card: 17.2e9 bytes
+CARD_24GB = {"name": "RTX 4090", "bf16": True, "total_gb": 25.4}
+CARD_80GB = {"name": "A100 80GB", "bf16": True, "total_gb": 85.1}
+CARD_8GB = {"name": "RTX 3070", "bf16": True, "total_gb": 8.6}
+
+
+@pytest.mark.parametrize("gpu,bitsandbytes,weights,chosen,reason", [
+    (None, True, True, "tiny", "no CUDA GPU found"),
+    (T4, True, True, "tiny", "Tesla T4 has no bf16"),
+    (CARD_80GB, True, False, "tiny", "weights/glm-4-9b-hf is missing: python -m helpers.download glm4-9b"),
+    (CARD_24GB, True, False, "tiny", "is missing"),
+    (CARD_16GB, True, False, "tiny", "is missing"),
+    (CARD_80GB, True, True, "glm4-9b", "enough for glm4-9b"),
+    (CARD_80GB, False, True, "glm4-9b", "enough for glm4-9b"),
+    (CARD_24GB, False, True, "glm4-9b", "enough for glm4-9b (about 22 GB)"),
+    (CARD_16GB, True, True, "glm4-9b-qlora", "enough for glm4-9b-qlora (about 10 GB)"),
+    (CARD_16GB, False, True, "tiny", "enough for 4-bit QLoRA once bitsandbytes is installed: pip install"),
+    (CARD_8GB, True, True, "tiny", "less than even 4-bit QLoRA needs"),
 ])
-def test_auto_falls_back_to_tiny_and_says_why(gpu, reason):
-    profile, why = auto_profile(gpu=gpu)
-    assert profile.name == "tiny" and reason in why and "\n" not in why
+def test_auto_chooses_for_a_described_machine_and_says_why(gpu, bitsandbytes, weights, chosen, reason):
+    profile, why = auto_profile(gpu=gpu, bitsandbytes=bitsandbytes, weights=weights)
+    assert profile.name == chosen and reason in why and "\n" not in why
 
 
 def test_get_profile_applies_overrides_and_rejects_unknown_names():

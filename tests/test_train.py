@@ -82,7 +82,7 @@ def test_an_output_dir_with_another_run_is_refused_and_left_alone(tmp_path):
 
 
 def test_9b_profile_without_a_gpu_stops_before_loading():
-    result = run_module("helpers.train", "--profile", "glm4-9b")
+    result = run_module("helpers.train", "--profile", "glm4-9b", env={"CUDA_VISIBLE_DEVICES": ""})  # no GPU seen
     assert result.returncode == 2 and "needs a CUDA GPU" in result.stderr and "--profile tiny" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
