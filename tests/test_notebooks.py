@@ -24,12 +24,18 @@ def test_notebook_is_stripped_and_follows_the_skeleton(path):
         assert isinstance(node, ast.Assign) and node.targets[0].id.isupper()
         ast.literal_eval(node.value)
     record = [c for c in code if "record" in c.metadata.get("tags", [])]
-    assert len(record) == 1 and record[0] is code[-1], "one last code cell, tagged record, shows the run's results"
+    solutions = [c for c in code if "solution" in c.metadata.get("tags", [])]
+    lesson = code[:len(code) - len(solutions)]
+    assert len(record) == 1 and record[0] is lesson[-1], "one last lesson cell, tagged record, shows the run's results"
+    assert solutions and code[len(lesson):] == solutions, "after the lesson come the exercises' solutions"
+    for cell in solutions:  # each right after its exercise
+        before = nb.cells[nb.cells.index(cell) - 1]
+        assert before.cell_type == "markdown" and before.source.startswith("**练习 "), before.source[:40]
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     for heading in ("## 小结", "## 练习", "## 下一步"):
         assert heading in text
     assert "!pip" not in "\n".join(c.source for c in code) and "torch.cuda" not in "\n".join(c.source for c in code)
-    assert len(nb.cells) <= 40
+    assert nb.cells.index(record[0]) < 40, "the lesson, before its exercises, stays short"
     assert max(len(c.source.splitlines()) for c in code) <= 32, "cells short enough to read"
 
 
@@ -62,3 +68,27 @@ def test_tutorial_command_rejects_an_unknown_notebook():
     result = run_module("helpers.tutorial", "--only", "99")
     assert result.returncode == 2 and "no notebooks matched" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_kernel_that_dies_stops_the_series_in_one_line(tmp_path):
+    from helpers.tutorial import run_notebook
+
+    dying = tmp_path / "99_dies.ipynb"  # what the system's out-of-memory killer does to a kernel
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nos._exit(9)")]), dying)
+    status, _, _ = run_notebook(dying, tmp_path / "out", {})
+    assert status.startswith("failed: the kernel died, most often out of memory")
+
+
+def test_tutorial_runs_every_profile_this_machine_can(tmp_path, tiny_dir):
+    result = run_module("helpers.tutorial", "--all-profiles", "--only", "00", "--out", str(tmp_path), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "tiny" / "00_environment.ipynb").is_file()  # tiny runs anywhere
+    from helpers.checks import preflight
+    from helpers.profiles import PROFILES
+
+    for name in ("glm4-9b", "glm4-9b-qlora"):  # each GPU profile either ran, or was left out with the reason
+        ran = (tmp_path / name / "00_environment.ipynb").is_file()
+        assert ran or f"not running {name}: " in result.stdout
+        if not ran:
+            with pytest.raises(Exception):
+                preflight(PROFILES[name])
