@@ -1,0 +1,175 @@
+"""JupyterLab in a real browser (Debian's headless Chromium): notebooks open unmodified, 04 and 05 run through
+the UI without an error, and 05's chat box answers a typed question, streamed, and stops.
+
+Skipped, with the reason, where Chromium is not installed; `.ci/run` installs it.
+"""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from conftest import NOTEBOOKS
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and DRIVER.exists()), reason=(
+    "Chromium is not installed: apt-get install -y chromium chromium-driver fonts-noto-cjk (as root; .ci/run does)"))
+
+
+def with_parameters(name, target, **values):
+    """A copy of a notebook whose parameters cell says ``values``, as a learner would type them."""
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    for key, value in values.items():
+        typed = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)  # "tiny", as typed
+        cell.source, found = re.subn(rf"^{key} = .*$", f"{key} = {typed}", cell.source, flags=re.M)
+        assert found == 1, key
+    nbformat.write(nb, target / name)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, nb04):
+    """JupyterLab from the project's environment, serving edited copies of the notebooks, on a free port."""
+    root = tmp_path_factory.mktemp("lab")
+    (root / "notebooks").mkdir()
+    with_parameters("03_dataset_formatting.ipynb", root / "notebooks", PROFILE="tiny")
+    with_parameters("04_lora_sft.ipynb", root / "notebooks", PROFILE="tiny", OUTPUT_DIR=str(root / "adapter"),
+                    MAX_STEPS=12, TRACKING="disabled")
+    with_parameters("05_adapter_chat.ipynb", root / "notebooks", ADAPTER_DIR=str(nb04.adapter),
+                    MERGED_DIR=str(root / "merged"), HELDOUT_LIMIT=2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "JUPYTER_CONFIG_DIR": str(root / "config")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
+         "--IdentityProvider.token=", "--ServerApp.password=", f"--ServerApp.root_dir={root}", "--allow-root",
+         f"--LabApp.workspaces_dir={root / 'workspaces'}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(url + "/lab", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        server.terminate()
+        pytest.fail("JupyterLab did not start within a minute")
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1800", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    yield driver
+    driver.quit()
+
+
+def wait(condition, seconds, what):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            if found := condition():
+                return found
+        except Exception:  # the page is still being built
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {seconds} s waiting for {what}")
+
+
+def open_notebook(driver, lab, name):
+    from selenium.webdriver.common.by import By
+
+    driver.get(f"{lab}/lab/tree/notebooks/{name}")
+    wait(lambda: driver.find_elements(By.CSS_SELECTOR, ".jp-Notebook .jp-Cell"), 90, f"{name} to show its cells")
+    wait(lambda: driver.find_element(By.CSS_SELECTOR, ".jp-Notebook-ExecutionIndicator").get_attribute("data-status")
+         == "idle", 120, "the kernel to start")
+
+
+def panel(driver):
+    """The notebook on show: the other open notebooks stay in the page, hidden."""
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, ".jp-NotebookPanel:not(.lm-mod-hidden)")
+
+
+def current_tab(driver):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_element(By.CSS_SELECTOR, "li.lm-TabBar-tab.lm-mod-current")
+
+
+def run_all(driver, seconds):
+    """Run → Run All Cells through the menu, then wait until no cell is queued or running."""
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.XPATH, "//div[contains(@class,'lm-MenuBar-itemLabel') and text()='Run']").click()
+    driver.find_element(By.XPATH, "//div[contains(@class,'lm-Menu-itemLabel') and text()='Run All Cells']").click()
+    running = ".//div[contains(@class,'jp-InputPrompt') and contains(., '[*]')]"
+    wait(lambda: panel(driver).find_elements(By.XPATH, running), 30, "the cells to start")
+    wait(lambda: not panel(driver).find_elements(By.XPATH, running), seconds, "every cell to finish")
+    errors = panel(driver).find_elements(By.CSS_SELECTOR, "[data-mime-type='application/vnd.jupyter.stderr']")
+    assert not errors, [e.get_attribute("textContent")[:300] for e in errors]  # no traceback, no red text
+
+
+def test_a_notebook_opens_unmodified(lab, browser):
+    open_notebook(browser, lab, "03_dataset_formatting.ipynb")
+    assert "jp-mod-dirty" not in current_tab(browser).get_attribute("class")
+
+
+def test_04_has_its_parameters_cell_and_runs_all_in_the_browser(lab, browser):
+    from selenium.webdriver.common.by import By
+
+    open_notebook(browser, lab, "04_lora_sft.ipynb")
+    parameters = wait(lambda: panel(browser).find_elements(By.CSS_SELECTOR, ".jp-CodeCell")[1].get_attribute("textContent"),
+                      30, "the parameters cell, second of the code cells")
+    assert 'PROFILE = "tiny"' in parameters and "MAX_STEPS = 12" in parameters
+    run_all(browser, 600)
+    shown = panel(browser).get_attribute("textContent")
+    assert "Validation Loss" in shown and "12 steps (planned 12)" in shown  # the trainer's table, then the summary
+
+
+def test_05_chat_box_answers_a_typed_question_and_stops(lab, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    open_notebook(browser, lab, "05_adapter_chat.ipynb")
+    run_all(browser, 600)
+    box = panel(browser).find_element(By.XPATH, ".//input[contains(@placeholder,'输入问题')]")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+    box.click()
+    box.send_keys("你是谁？", Keys.ENTER)
+    transcript = lambda: panel(browser).find_element(By.XPATH, ".//div[contains(@style,'column-reverse')]").get_attribute(
+        "textContent")
+    def answered():
+        after = transcript().split("你：你是谁？")
+        return after[-1] if len(after) > 1 and "知微" in after[-1] and after[-1].endswith("\n") else None
+
+    answer = wait(answered, 120, "an answer that names 知微, ended")
+    assert "—— 新对话 ——\n你：你是谁？" in transcript()  # after the scripted turns, a new conversation: turn 1
+    assert "还没有结束符" not in answer  # it stopped on an end id, within max_new_tokens
+    time.sleep(1.5)  # past the moment Enter sent it, an empty Send says so
+    panel(browser).find_element(By.XPATH, ".//button[.='发送']").click()
+    wait(lambda: "（空消息：请输入问题）" in transcript(), 10, "the empty-message notice")
+    style = panel(browser).find_element(By.XPATH, ".//div[contains(@style,'column-reverse')]").get_attribute("style")
+    assert "height: 240px" in style and "overflow-y: auto" in style  # a fixed height that scrolls
