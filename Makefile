@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 TINY := weights/tiny-glm4/config.json
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup tiny tutorial test clean
+.PHONY: setup tiny tutorial test student kit install-kit clean
 
 setup: $(INSTALLED)
 
@@ -32,5 +32,17 @@ tutorial: setup tiny
 test: setup tiny
 	$(OFFLINE) $(PYTHON) -m pytest
 
+# Classroom (docs/workshop.md): student copies with the solutions left blank; an offline kit for a USB
+# stick (WITH_9B=1 adds the 9B weights in weights/); and a student machine installed from it, offline.
+student: setup
+	$(PYTHON) -m helpers.classroom student
+
+kit: setup tiny
+	$(PYTHON) -m helpers.classroom kit $(if $(WITH_9B),--with-9b)
+
+install-kit:
+	@test -n "$(KIT)" || { echo "error: say where the kit is: make install-kit KIT=/path/to/kit"; exit 1; }
+	$(PY) -m helpers.classroom install $(KIT)
+
 clean:
-	rm -rf runs outputs swanlog .pytest_cache
+	rm -rf runs outputs swanlog student .pytest_cache

@@ -1,0 +1,140 @@
+"""Classroom tools: student copies of the notebooks, and an offline kit to install a room of machines.
+
+Described in docs/workshop.md, the instructor's guide. Nothing heavy is imported, so ``install`` runs
+with any Python 3.11 before the course's environment exists.
+
+    python -m helpers.classroom student                  # student/NN_*.ipynb: the solutions left blank
+    python -m helpers.classroom kit --out kit            # wheels, tiny model, data and course, for a USB stick
+    python -m helpers.classroom kit --out kit --with-9b  # ... and the 9B weights in weights/, if present
+    python3 -m helpers.classroom install /media/usb/kit  # on a student machine, with no network
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import REPO_ROOT, CourseError, resolve, run_cli, shown
+
+PLACEHOLDER = "# 在这里写你的答案"
+TINY = "weights/tiny-glm4"
+NINE_B = ("weights/glm-4-9b-hf", "weights/glm-4-9b-chat-hf")
+
+
+def student_copy(notebook: dict) -> dict:
+    """The notebook with every solution cell replaced by an empty answer cell, and no outputs."""
+    cells = []
+    for cell in notebook["cells"]:
+        if "solution" in cell.get("metadata", {}).get("tags", []):
+            cell = {"cell_type": "code", "id": cell.get("id", "") + "-answer", "metadata": {"tags": ["answer"]},
+                    "source": [PLACEHOLDER], "outputs": [], "execution_count": None}
+        cells.append(cell)
+    return {**notebook, "cells": cells}
+
+
+def write_student_copies(out="student") -> list[Path]:
+    """student/NN_*.ipynb for every notebook; the course's own notebooks are left as they are."""
+    out = resolve(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        notebook = student_copy(json.loads(path.read_text(encoding="utf-8")))
+        (out / path.name).write_text(json.dumps(notebook, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        written.append(out / path.name)
+    print(f"wrote {len(written)} student copies to {shown(out)}/ (solutions left blank: {PLACEHOLDER})")
+    return written
+
+
+def pinned_requirements(extras=("qlora",)) -> list[str]:
+    """The course's pinned packages (pyproject.toml), with the extras asked for."""
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return [*project["dependencies"], *(r for extra in extras for r in project["optional-dependencies"][extra])]
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """A copy whose files are new (their times are now): make then sees them as built, not stale."""
+    shutil.copytree(source, target, copy_function=shutil.copy, dirs_exist_ok=True)
+
+
+def make_kit(out="kit", requirements=None, with_9b=False) -> Path:
+    """A folder for a USB stick: wheels for the pinned packages, the course, the tiny model, optionally the 9B."""
+    out = resolve(out)
+    wheels = out / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    requirements = requirements or [*pinned_requirements(), "setuptools>=68"]  # setuptools builds the course offline
+    print(f"downloading wheels for {len(requirements)} pinned packages (and what they need) into {shown(wheels)}/")
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheels), *requirements])
+    if done.returncode:
+        raise CourseError("pip could not download every wheel: check the network or the package index, and run again.")
+    files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:  # the course itself, as committed: notebooks, helpers, data, tests
+        (out / "course" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO_ROOT / name, out / "course" / name)
+    if not (resolve(TINY) / "config.json").is_file():
+        raise CourseError(f"{TINY} is missing: build it with `make tiny`, then make the kit again.")
+    copy_tree(resolve(TINY), out / "course" / TINY)
+    for path in NINE_B if with_9b else ():
+        if (resolve(path) / "config.json").is_file():
+            copy_tree(resolve(path), out / "course" / path)
+        else:
+            print(f"{path} is not here: left out of the kit")
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e9
+    print(f"kit ready in {shown(out)}/: {size:.2f} GB. On each machine: python3 -m helpers.classroom install KIT "
+          "(from the kit's course/ folder, copied to the machine)")
+    return out
+
+
+def install(kit, requirements=None) -> Path:
+    """Install this course checkout from a kit with no network: the venv from its wheels, the models copied."""
+    kit = Path(kit).resolve()
+    if not (kit / "wheels").is_dir():
+        raise CourseError(f"{kit} is not a course kit (no wheels/ in it): give the folder `make kit` wrote.")
+    venv = REPO_ROOT / ".venv"
+    if not (venv / "bin" / "python").exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    target = ["-e", f"{REPO_ROOT}[qlora]"] if requirements is None else list(requirements)
+    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
+                           "--find-links", str(kit / "wheels"), *target])
+    if done.returncode:
+        raise CourseError(f"a package is missing from {kit / 'wheels'}: make the kit again on a machine like this one.")
+    (venv / ".installed").touch()  # `make setup` sees the environment as installed
+    for path in (TINY, *NINE_B):  # copied, not built: the tiny model is the same file everywhere
+        source = kit / "course" / path
+        if (source / "config.json").is_file() and source.resolve() != resolve(path):
+            copy_tree(source, resolve(path))
+    if (resolve(TINY) / "config.json").is_file():
+        (resolve(TINY) / "config.json").touch()  # newer than the environment: `make tiny` builds nothing
+    print(f"installed from {kit}: .venv/ and {', '.join(p for p in (TINY, *NINE_B) if resolve(p).is_dir())}")
+    return venv
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m helpers.classroom", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    student = commands.add_parser("student", help="write student copies of the notebooks")
+    student.add_argument("--out", default="student")
+    kit = commands.add_parser("kit", help="write an offline kit")
+    kit.add_argument("--out", default="kit")
+    kit.add_argument("--with-9b", action="store_true", help="add the 9B weights found in weights/")
+    kit.add_argument("--requirements", nargs="+", help="these packages instead of the course's pinned set")
+    setup = commands.add_parser("install", help="install this checkout from a kit, offline")
+    setup.add_argument("kit")
+    setup.add_argument("--requirements", nargs="+", help="these packages instead of the course (a check of the kit)")
+    args = parser.parse_args(argv)
+    if args.command == "student":
+        write_student_copies(args.out)
+    elif args.command == "kit":
+        make_kit(args.out, args.requirements, args.with_9b)
+    else:
+        install(args.kit, args.requirements)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

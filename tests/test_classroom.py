@@ -1,0 +1,65 @@
+"""Classroom tools: student copies hold no solution and run; an offline kit installs a machine with no index."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+from conftest import execute
+from helpers import REPO_ROOT
+from helpers.classroom import PLACEHOLDER, write_student_copies
+
+
+def test_student_copies_leave_every_solution_blank(tmp_path):
+    copies = write_student_copies(tmp_path / "student")
+    assert [p.name for p in copies] == sorted(p.name for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    for copy in copies:
+        original = json.loads((REPO_ROOT / "notebooks" / copy.name).read_text(encoding="utf-8"))
+        student = json.loads(copy.read_text(encoding="utf-8"))
+        solutions = [c for c in original["cells"] if "solution" in c["metadata"].get("tags", [])]
+        answers = [c for c in student["cells"] if "answer" in c["metadata"].get("tags", [])]
+        assert solutions and len(answers) == len(solutions) and len(student["cells"]) == len(original["cells"])
+        assert all("".join(c["source"]) == PLACEHOLDER for c in answers)
+        assert not any("solution" in c["metadata"].get("tags", []) for c in student["cells"])
+        student_code = {"".join(c["source"]) for c in student["cells"] if c["cell_type"] == "code"}
+        assert not student_code & {"".join(c["source"]) for c in solutions}, copy.name  # no solution text left
+
+
+def test_student_copies_run(tmp_path, nb04):
+    """Each copy runs under papermill, up to and through its blank exercises (04 and 05 kept short)."""
+    copies = write_student_copies(tmp_path / "student")
+    settings = {"04": dict(PROFILE="tiny", OUTPUT_DIR=str(tmp_path / "adapter"), MAX_STEPS=6, TRACKING="disabled"),
+                "05": dict(ADAPTER_DIR=str(nb04.adapter), MERGED_DIR=str(tmp_path / "merged"), HELDOUT_LIMIT=2)}
+    for copy in copies:
+        run = execute(copy, tmp_path / copy.stem, **settings.get(copy.name[:2], {"PROFILE": "tiny"}))
+        assert run.status == "ok", (copy.name, run.status)
+        assert run.record is not None and run.stderr == []
+
+
+def test_a_kit_installs_a_machine_with_no_index(tmp_path, tiny_dir):
+    kit = tmp_path / "kit"
+    subset = ["six==1.16.0"]  # a small wheel stands for the pinned set: CI downloads no gigabytes
+    made = subprocess.run([sys.executable, "-m", "helpers.classroom", "kit", "--out", str(kit), "--requirements", *subset],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert list((kit / "wheels").glob("six-1.16.0-*.whl")) and (kit / "course" / "weights/tiny-glm4/config.json").is_file()
+    assert (kit / "course" / "notebooks" / "04_lora_sft.ipynb").is_file() and "kit ready" in made.stdout
+    machine = tmp_path / "machine"  # a student's copy of the course, without the models
+    shutil.copytree(kit / "course", machine, ignore=shutil.ignore_patterns("weights"))
+    (machine / "weights").mkdir()
+    installed = subprocess.run([sys.executable, "-m", "helpers.classroom", "install", str(kit), "--requirements", *subset],
+                               cwd=machine, capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr[-2000:]
+    check = subprocess.run([str(machine / ".venv/bin/python"), "-c", "import six; print(six.__version__)"],
+                           capture_output=True, text=True)
+    assert check.stdout.strip() == "1.16.0"  # installed from the kit's wheels alone (--no-index)
+    assert (machine / "weights/tiny-glm4/model.safetensors").read_bytes() == (tiny_dir / "model.safetensors").read_bytes()
+    up_to_date = subprocess.run(["make", "-q", "weights/tiny-glm4/config.json"], cwd=machine, capture_output=True)
+    assert up_to_date.returncode == 0  # copied, so make builds nothing
+    in_place = subprocess.run([sys.executable, "-m", "helpers.classroom", "install", str(kit), "--requirements", *subset],
+                              cwd=kit / "course", capture_output=True, text=True, timeout=300)  # the kit's own course
+    assert in_place.returncode == 0, in_place.stderr[-2000:]
+    assert subprocess.run(["make", "-q", "weights/tiny-glm4/config.json"], cwd=kit / "course").returncode == 0
+    refused = subprocess.run([sys.executable, "-m", "helpers.classroom", "install", str(tmp_path)], cwd=machine,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "is not a course kit" in refused.stderr
