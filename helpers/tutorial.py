@@ -1,18 +1,22 @@
 """Run every notebook in order, headless, and report how each went (``make tutorial``).
 
-Executed copies go to runs/; the source notebooks are never modified. A failed notebook stops
-the series (later ones build on it), and the table says which one and where its copy is.
+Executed copies go to runs/ (runs/PROFILE/ with --all-profiles), with the adapter notebook 04 trains
+in runs/.../adapter, replaced on every run, so the command can run again and again; the source
+notebooks are never modified. A failed notebook stops the series (later ones build on it), and the
+table says which one and where its copy is. A progress bar shows the cell a notebook has reached.
 
     python -m helpers.tutorial                    # all notebooks, profile chosen by the machine
     python -m helpers.tutorial --profile tiny --only 00 01
+    python -m helpers.tutorial --all-profiles     # every profile this machine can run: check a classroom machine
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 
-from helpers import REPO_ROOT, CourseError, resolve, run_cli
+from helpers import REPO_ROOT, CourseError, resolve, run_cli, shown
 
 
 def notebooks(only: list[str] | None = None) -> list:
@@ -24,9 +28,10 @@ def notebooks(only: list[str] | None = None) -> list:
     return found
 
 
-def run_notebook(path, out_dir, parameters: dict, timeout: int = 3600) -> tuple[str, float, object]:
-    """Execute one notebook in a fresh kernel in notebooks/; returns (status, seconds, executed copy)."""
+def run_notebook(path, out_dir, parameters: dict, timeout: int = 3600, progress: bool = False) -> tuple[str, float, object]:
+    """Execute one notebook in a fresh kernel in its folder; returns (status, seconds, executed copy)."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
 
     out = resolve(out_dir) / path.name
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -34,38 +39,72 @@ def run_notebook(path, out_dir, parameters: dict, timeout: int = 3600) -> tuple[
     params = {k: v for k, v in parameters.items() if k in declared}
     start = time.perf_counter()
     try:
-        pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent),
-                            kernel_name="python3", progress_bar=False, execution_timeout=timeout)
+        pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent), kernel_name="python3",
+                            progress_bar=progress, execution_timeout=timeout,  # the bar: cell n of N, time taken
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"])  # not its "TCP without encryption"
         status = "ok"
     except pm.PapermillExecutionError as err:
         status = f"failed: {err.ename}: {str(err.evalue).splitlines()[0][:120] if err.evalue else ''}"
+    except DeadKernelError:  # usually the system killed it for memory: the series stops here, said in one line
+        status = "failed: the kernel died, most often out of memory: close other notebooks, or use a smaller profile"
     return status, time.perf_counter() - start, out
+
+
+def runnable_profiles() -> list[str]:
+    """The profiles this machine can run now: tiny, and each GPU profile whose device, memory and weights are here."""
+    from helpers.checks import preflight
+    from helpers.profiles import PROFILES
+
+    names = []
+    for name, profile in PROFILES.items():
+        try:
+            preflight(profile)
+            names.append(name)
+        except CourseError as err:
+            print(f"not running {name}: {err}")
+    return names
+
+
+def run_series(profile: str, out, only=None) -> tuple[list, bool]:
+    """Every notebook for one profile, the adapter in out/adapter; returns the table's rows and whether all ran."""
+    out = resolve(out)
+    for own in ("adapter", "adapter-merged"):  # this runner's own results: replaced, so the series can run again
+        shutil.rmtree(out / own, ignore_errors=True)
+    parameters = {"PROFILE": profile, "OUTPUT_DIR": str(out / "adapter"), "ADAPTER_DIR": str(out / "adapter"),
+                  "MERGED_DIR": str(out / "adapter-merged")}
+    rows, failed = [], False
+    for nb in notebooks(only):
+        if failed:
+            rows.append((nb.name, "skipped: an earlier notebook failed", 0.0, "-"))
+            continue
+        print(f"running {nb.name} ({profile}) ...", flush=True)
+        status, seconds, executed = run_notebook(nb, out, parameters, progress=True)
+        failed = status != "ok"
+        rows.append((nb.name, status, seconds, shown(executed)))
+    return rows, not failed
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.tutorial", description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="auto", help="auto, tiny or glm4-9b (default auto)")
+    parser.add_argument("--profile", default="auto", help="auto, tiny, glm4-9b or glm4-9b-qlora (default auto)")
+    parser.add_argument("--all-profiles", action="store_true", help="run the series for every profile this machine can")
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, such as 00 03")
     parser.add_argument("--out", default="runs", help="where executed copies go (default runs/)")
     args = parser.parse_args(argv)
 
-    rows, failed = [], False
-    for nb in notebooks(args.only):
-        if failed:
-            rows.append((nb.name, "skipped: an earlier notebook failed", 0.0, "-"))
-            continue
-        print(f"running {nb.name} ...", flush=True)
-        status, seconds, out = run_notebook(nb, args.out, {"PROFILE": args.profile})
-        failed = status != "ok"
-        rows.append((nb.name, status, seconds, str(out.relative_to(REPO_ROOT) if out.is_relative_to(REPO_ROOT) else out)))
-
+    series = {name: f"{args.out}/{name}" for name in runnable_profiles()} if args.all_profiles else {args.profile: args.out}
+    rows, ok = [], True
+    for profile, out in series.items():
+        done, passed = run_series(profile, out, args.only)
+        rows += done
+        ok &= passed
     header = ("notebook", "status", "seconds", "executed copy")
     widths = [max(len(str(r[i])) if i != 2 else 7 for r in rows + [header]) for i in range(4)]
     print()
     print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     for name, status, seconds, out in rows:
         print("  ".join([name.ljust(widths[0]), status.ljust(widths[1]), f"{seconds:7.1f}", out]))
-    return 1 if failed else 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
