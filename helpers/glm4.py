@@ -15,6 +15,7 @@ SPECIAL_TOKENS = (
     "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
     "<|begin_of_image|>", "<|end_of_image|>", "<|begin_of_video|>", "<|end_of_video|>",
 )
+ROLES = ("system", "user", "assistant", "observation")  # a message's role; observation: a tool's result
 END_TOKENS = ("<|endoftext|>", "<|user|>", "<|observation|>")  # 151329, 151336, 151338 on the 9B
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
 TEMPLATE_FILE = Path(__file__).with_name("glm4_chat_template.jinja")  # GLM-4-9B-chat's own template

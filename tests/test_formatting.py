@@ -42,7 +42,7 @@ def test_a_template_that_does_not_render_the_prompt_as_a_prefix_is_refused(token
     other = tokenizer.chat_template
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}>>{% endif %}"
     try:
-        with pytest.raises(AssertionError, match="the template must write the prompt as the start"):
+        with pytest.raises(AssertionError, match="the template must write every turn after the earlier ones"):
             build_example(ROWS[0], tokenizer)
     finally:
         tokenizer.chat_template = other
