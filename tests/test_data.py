@@ -25,12 +25,19 @@ def test_sample_has_the_promised_rows():
     with_input = sum(1 for r in general if r["input"])
     assert 0.2 * len(general) < with_input < 0.8 * len(general)  # with and without input
     assert all("知微" in r["output"] for r in identity)
+    conversations = read_rows("data/conversations_zh.jsonl")
+    assert len(conversations) >= 60 and check_rows(conversations, "conversations") == []
     train = load_alpaca("sample")
-    assert len(train) == len(general) + len(identity)
-    assert set(train.column_names) == {"instruction", "input", "output"}
-    # the held-out split shares no instruction with training, and tests the identity too
-    assert not set(train["instruction"]) & set(test["instruction"])
+    assert len(train) == len(general) + len(identity) + len(conversations)
+    assert set(train.column_names) == {"instruction", "input", "output", "messages", "tools"}
+    # the held-out split shares no question with training, and tests the identity too, at later turns as well
+    def questions(rows):
+        return {r["instruction"] for r in rows if not r["messages"]} | {
+            m["content"] for r in rows for m in r["messages"] if m["role"] == "user"}
+    assert not questions(train) & questions(test)
     assert sum("知微" in o for o in test["output"]) >= 15
+    later = [m for r in test for i, m in enumerate(r["messages"]) if m["role"] == "assistant" and i > 2 and "知微" in m["content"]]
+    assert len(later) >= 20  # identity asked at turn 2 or 3 of a held-out conversation
 
 
 def test_corpus_for_pretraining_is_plain_text():
