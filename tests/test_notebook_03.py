@@ -17,7 +17,7 @@ def test_03_loads_and_checks_the_sample(nb03):
     found = nb03.record
     assert found["profile"] == "tiny" and found["data"] == "sample"
     assert found["rows"] == {"train": len(load_alpaca("sample")), "test": len(load_alpaca("sample", split="test"))}
-    assert found["broken_problems"] == 4 and found["broken_kept"] == 1  # the demo's bad rows are all named
+    assert found["broken_problems"] == 5 and found["broken_kept"] == 1  # the demo's bad rows are all named
     assert "DataError:" in nb03.shown and "row 2: 'output' is empty" in nb03.shown
 
 
@@ -56,3 +56,13 @@ def test_03_with_another_end_token_says_which_property_broke(tmp_path, tiny_dir)
                   source_edits=[('convert_tokens_to_ids("<|user|>")  # the template', 'convert_tokens_to_ids("<|endoftext|>")  # the template')])
     assert run.status.startswith("failed: AssertionError"), run.status
     assert "'last_label_token': '<|endoftext|>'" in run.shown
+
+
+def test_03_trains_every_answer_of_a_conversation_and_no_tool_result(nb03):
+    found = nb03.record["conversation"]
+    assert found["matches_template"] is True and found["gmask_count"] == 1
+    assert found["answers"] == 3 and len(found["trained_pieces"]) == 3
+    assert all(piece.startswith("\n") and piece.endswith("<|user|>") for piece in found["trained_pieces"])
+    call, answer = nb03.record["tool_call_trained"]
+    assert call.startswith("get_weather\n") and call.endswith("<|observation|>")  # the call and the token that ends it
+    assert "晴" not in call and answer.endswith("<|user|>")  # the tool's result is not trained
