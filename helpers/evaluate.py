@@ -9,7 +9,9 @@ twice) and with it on.
 - **stop rate**: the share of greedy answers that end on one of GLM-4's end ids within
   ``max_new_tokens``, rather than running on until cut off;
 - **identity share**: of the held-out identity questions (new wordings, never trained on), the share
-  of answers that give the trained name, 知微 (or its spelling ZhiWei).
+  of answers that give the trained name, 知微 (or its spelling ZhiWei);
+- the stop rate and identity share **at turns 2 and 3** of held-out conversations, the earlier turns
+  given as the data wrote them.
 
     python -m helpers.evaluate --adapter outputs/lora-tiny     # prints the table, writes nothing
 """
@@ -89,6 +91,27 @@ def measure(model, tokenizer, rows, examples, max_new_tokens):  #@save
             "identity_share": share("identity", "identity"), "answers": answers}
 
 
+def measure_turns(model, tokenizer, conversations, max_new_tokens, turns=(2, 3)):  #@save
+    """Stop rate and identity share at later turns of held-out conversations (lists of messages): the model answers
+    the user's n-th turn, after the earlier turns as the data wrote them."""
+    found = {}
+    for n in turns:
+        prompts, references = [], []
+        for messages in conversations:
+            users = [i for i, message in enumerate(messages) if message["role"] == "user"]
+            if len(users) >= n:  # the conversation reaches turn n
+                prompts.append(messages[:users[n - 1] + 1])  # everything up to the user's n-th turn
+                references.append(messages[users[n - 1] + 1]["content"])  # the answer the data gives there
+        replies = reply_batch(model, tokenizer, prompts, max_new_tokens)
+        identity = [gives_identity(answer) for reference, (answer, _) in zip(references, replies) if gives_identity(reference)]
+        found[f"turn {n}"] = {
+            "questions": len(prompts), "stop_rate": round(sum(s for _, s in replies) / len(replies), 4) if replies else None,
+            "identity_questions": len(identity), "identity_share": round(sum(identity) / len(identity), 4) if identity else None,
+            "answers": [{"prompt": prompt[-1]["content"], "answer": answer, "stopped": stopped}
+                        for prompt, (answer, stopped) in zip(prompts, replies)]}
+    return found
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--adapter", required=True, help="a LoRA adapter directory from helpers.train or notebook 04")
@@ -98,20 +121,28 @@ def main(argv=None) -> int:
     disable_progress_bars()  # of the data preparation: one line says what it did
     model, tokenizer, profile = load_adapter(args.adapter)
     max_new_tokens = args.max_new_tokens or profile.max_new_tokens
-    rows = load_alpaca(args.data, split="test")
+    heldout = load_alpaca(args.data, split="test")
+    talks = [to_messages(row) for row in heldout if row.get("messages")]  # conversations, measured at turns 2 and 3
+    rows = heldout.filter(lambda row: not row.get("messages"))  # single questions
     examples = prepare_dataset(rows, tokenizer, profile.max_length)
     if not len(examples):
         raise CourseError(f"no held-out row of {args.data} fits in {profile.max_length} tokens: measure other data.")
     try:
         with model.disable_adapter():
             base = measure(model, tokenizer, rows, examples, max_new_tokens)
+            base_turns = measure_turns(model, tokenizer, talks, max_new_tokens)
         tuned = measure(model, tokenizer, rows, examples, max_new_tokens)
+        tuned_turns = measure_turns(model, tokenizer, talks, max_new_tokens)
     except ValueError as err:  # a question longer than the model's context
         raise CourseError(f"{args.data}: {err}") from None
     print(f"{'':<12}{'eval loss':>10}{'stop rate':>11}{'identity':>10}   ({len(rows)} rows, "
           f"{max_new_tokens} new tokens at most)")
     for name, m in (("base", base), ("fine-tuned", tuned)):
         print(f"{name:<12}{m['eval_loss']:>10.3f}{m['stop_rate']:>11.0%}{m['identity_share'] or 0:>10.0%}")
+    for turn in (turn for turn in tuned_turns if tuned_turns[turn]["questions"]):  # later in a conversation
+        print(f"{turn} of {len(talks)} conversations: stop rate {base_turns[turn]['stop_rate']:.0%} -> "
+              f"{tuned_turns[turn]['stop_rate']:.0%}, identity {base_turns[turn]['identity_share'] or 0:.0%} -> "
+              f"{tuned_turns[turn]['identity_share'] or 0:.0%} ({tuned_turns[turn]['identity_questions']} identity questions)")
     return 0
 
 

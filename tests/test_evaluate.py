@@ -66,6 +66,7 @@ def test_evaluate_command_prints_base_and_fine_tuned(tmp_path, tiny_dir):
     result = run_module("helpers.evaluate", "--adapter", str(out), "--max-new-tokens", "4", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.strip().splitlines()
-    assert lines[-2].startswith("base") and lines[-1].startswith("fine-tuned") and "65 rows" in lines[-3]
+    assert lines[-4].startswith("base") and lines[-3].startswith("fine-tuned") and "65 rows" in lines[-5]
+    assert lines[-2].startswith("turn 2 of 30 conversations: stop rate") and lines[-1].startswith("turn 3 of 30")
     bad = run_module("helpers.evaluate", "--adapter", str(tmp_path / "nothing"))
     assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
