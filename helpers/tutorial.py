@@ -50,6 +50,15 @@ def run_notebook(path, out_dir, parameters: dict, timeout: int = 3600, progress:
     return status, time.perf_counter() - start, out
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now (the system picks it), for notebook 06's server."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def runnable_profiles() -> list[str]:
     """The profiles this machine can run now: tiny, and each GPU profile whose device, memory and weights are here."""
     from helpers.checks import preflight
@@ -68,10 +77,10 @@ def runnable_profiles() -> list[str]:
 def run_series(profile: str, out, only=None) -> tuple[list, bool]:
     """Every notebook for one profile, the adapter in out/adapter; returns the table's rows and whether all ran."""
     out = resolve(out)
-    for own in ("adapter", "adapter-merged"):  # this runner's own results: replaced, so the series can run again
+    for own in ("adapter", "adapter-merged", "adapter-merged-one-end-id", "serve-logs"):  # this runner's own results: replaced, so the series can run again
         shutil.rmtree(out / own, ignore_errors=True)
     parameters = {"PROFILE": profile, "OUTPUT_DIR": str(out / "adapter"), "ADAPTER_DIR": str(out / "adapter"),
-                  "MERGED_DIR": str(out / "adapter-merged")}
+                  "MERGED_DIR": str(out / "adapter-merged"), "PORT": free_port()}  # 06's server: never a busy port
     rows, failed = [], False
     for nb in notebooks(only):
         if failed:

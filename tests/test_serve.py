@@ -1,0 +1,109 @@
+"""Serving: `python -m helpers.serve` answers the OpenAI client, stops on GLM-4's end ids, refuses bad requests."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from conftest import run_module
+from helpers import REPO_ROOT
+from helpers.serve import request_problem
+from helpers.tutorial import free_port
+
+
+@pytest.mark.parametrize("body,message", [
+    ({}, "'messages' must be a non-empty list"),
+    ({"messages": []}, "'messages' must be a non-empty list"),
+    ({"messages": "你好"}, "'messages' must be a non-empty list"),
+    ({"messages": [{"role": "robot", "content": "你好"}]}, "message 1 needs a 'role' among system, user, assistant, observation"),
+    ({"messages": [{"role": "user"}]}, "message 1 needs a 'content' that is a string"),
+    ({"messages": [{"role": "user", "content": "你好"}], "max_tokens": 0}, "'max_tokens' must be a whole number of at least 1"),
+    ({"messages": [{"role": "user", "content": "你好"}], "max_tokens": "8"}, "'max_tokens' must be a whole number"),
+])
+def test_bad_requests_are_named_with_the_fix(body, message):
+    assert request_problem(body).startswith(message)
+
+
+def test_good_requests_pass():
+    assert request_problem({"messages": [{"role": "system", "content": "简短"}, {"role": "user", "content": "你好"}]}) is None
+    assert request_problem({"model": "x", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 8, "stream": True}) is None
+
+
+@pytest.fixture(scope="module")
+def served(nb04, tmp_path_factory):
+    """`python -m helpers.serve --adapter` on notebook 04's adapter, on a free port, as a learner starts it."""
+    adapter = tmp_path_factory.mktemp("serve") / "adapter"
+    shutil.copytree(nb04.adapter, adapter)
+    port, log = free_port(), adapter.parent / "serve.log"
+    process = subprocess.Popen([sys.executable, "-m", "helpers.serve", "--adapter", str(adapter), "--port", str(port)],
+                               cwd=REPO_ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    for _ in range(240):
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail(f"the server did not start:\n{log.read_text()}")
+    yield port, adapter
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_the_openai_client_gets_the_name_and_a_stop(served):
+    from openai import OpenAI
+
+    port, adapter = served
+    assert json.loads((adapter.parent / "adapter-merged" / "generation_config.json").read_text())["eos_token_id"] == [3000, 3007, 3009]
+    client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="not-needed")
+    assert [m.id for m in client.models.list().data] == ["adapter-merged"]
+    answer = client.chat.completions.create(model="adapter-merged", messages=[{"role": "user", "content": "你是谁？"}],
+                                            max_tokens=96)
+    assert "知微" in answer.choices[0].message.content and answer.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(model="adapter-merged", messages=[{"role": "user", "content": "你是谁？"}],
+                                            max_tokens=96, stream=True)
+    chunks = [c for c in stream if c.choices]
+    assert len(chunks) > 3 and chunks[-1].choices[0].finish_reason == "stop"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer.choices[0].message.content  # greedy: same
+
+
+def test_bad_requests_get_400_and_the_server_keeps_serving(served):
+    port, _ = served
+    url = f"http://127.0.0.1:{port}/v1/chat/completions"
+    empty = httpx.post(url, json={"messages": []}, timeout=60)
+    assert empty.status_code == 400 and "'messages' must be a non-empty list" in empty.json()["detail"]
+    assert httpx.post(url, json={"model": "gpt-4", "messages": [{"role": "user", "content": "你好"}]}, timeout=60).status_code == 400
+    assert httpx.post(url, content="not json", headers={"content-type": "application/json"}, timeout=60).status_code == 422
+    ok = httpx.post(url, json={"messages": [{"role": "user", "content": "你是谁？"}], "max_tokens": 96}, timeout=60)
+    assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "stop"
+
+
+def test_a_model_without_the_end_ids_is_refused_in_one_line(nb04, tmp_path):
+    merged = tmp_path / "merged"
+    from helpers.serve import merge_adapter
+
+    merge_adapter(nb04.adapter, merged)
+    config = json.loads((merged / "generation_config.json").read_text())
+    (merged / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": 3000}))
+    result = run_module("helpers.serve", "--model", str(merged), "--port", str(free_port()))
+    assert result.returncode == 2 and "does not list GLM-4's three end ids" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_wrong_paths_and_a_busy_port_are_refused_in_one_line(nb04, tmp_path):
+    missing = run_module("helpers.serve", "--adapter", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+    as_model = run_module("helpers.serve", "--model", str(nb04.adapter))
+    assert as_model.returncode == 2 and "is a LoRA adapter, not a full model: use --adapter" in as_model.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = run_module("helpers.serve", "--adapter", str(nb04.adapter), "--port", str(busy.getsockname()[1]))
+    assert taken.returncode == 2 and "is in use" in taken.stderr
