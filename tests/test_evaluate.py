@@ -5,13 +5,26 @@ import torch
 
 from conftest import run_module
 from helpers.data import load_alpaca
-from helpers.evaluate import eval_loss, gives_identity, measure
-from helpers.formatting import prepare_dataset
+from helpers.evaluate import eval_loss, gives_identity, measure, measure_turns
+from helpers.formatting import prepare_dataset, to_messages
 
 
-def test_heldout_rows_are_40_general_and_25_identity_questions():
-    kinds = [gives_identity(output) for output in load_alpaca("sample", split="test")["output"]]
+def test_heldout_rows_are_40_general_and_25_identity_questions_and_30_conversations():
+    heldout = load_alpaca("sample", split="test")
+    kinds = [gives_identity(row["output"]) for row in heldout if not row["messages"]]
     assert kinds.count(False) == 40 and kinds.count(True) == 25
+    talks = [row["messages"] for row in heldout if row["messages"]]
+    assert len(talks) == 30 and all(sum(m["role"] == "user" for m in talk) == 3 for talk in talks)
+
+
+def test_later_turns_are_measured_after_the_data_s_own_earlier_turns(model, tokenizer):
+    talks = [to_messages(row) for row in load_alpaca("sample", split="test") if row["messages"]][:4]
+    found = measure_turns(model, tokenizer, talks, max_new_tokens=4)
+    assert set(found) == {"turn 2", "turn 3"} and all(found[t]["questions"] == 4 for t in found)
+    # turn 3's prompt is everything up to the third user message, the data's answers in between
+    questions = [[m["content"] for m in talk if m["role"] == "user"] for talk in talks]
+    assert [a["prompt"] for a in found["turn 3"]["answers"]] == [q[2] for q in questions]
+    assert all(0 <= found[t]["stop_rate"] <= 1 and found[t]["identity_questions"] <= 4 for t in found)
 
 
 def test_identity_is_the_trained_name_in_either_spelling():

@@ -21,8 +21,11 @@ def test_05_fine_tuning_changed_the_model_in_numbers(nb05, nb04):
     assert tuned["stop_rate"] >= 0.9 and tuned["stop_rate"] > base["stop_rate"]
     assert tuned["identity_share"] >= 0.8 > base["identity_share"]
     assert tuned["eval_loss"] < base["eval_loss"] - 0.5
-    # the adapter switched off is the base model notebook 04 started from
-    assert base["eval_loss"] == pytest.approx(nb04.record["eval_loss_before"], abs=0.1)
+    # later turns of held-out conversations: the base never stops; the fine-tuned model stops and knows its name
+    for turn in ("turn 2", "turn 3"):
+        before, after = found["turns"]["base"][turn], found["turns"]["fine-tuned"][turn]
+        assert after["questions"] == 30 and after["identity_questions"] == 12
+        assert after["stop_rate"] >= 0.9 > before["stop_rate"] and after["identity_share"] >= 0.8 > before["identity_share"]
     answers = found["heldout_answers"]["fine-tuned"]
     assert sum(a["identity"] for a in answers if a["kind"] == "identity") / 25 == pytest.approx(tuned["identity_share"])
 

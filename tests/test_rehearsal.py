@@ -112,7 +112,7 @@ def test_the_rehearsal_adapters_chat_and_evaluate(which, request):
     chat = run_module("helpers.chat", "--adapter", str(out), "--max-new-tokens", "6", input="你是谁？\n", timeout=300)
     assert chat.returncode == 0 and "assistant> " in chat.stdout, chat.stderr[-2000:]
     evaluate = run_module("helpers.evaluate", "--adapter", str(out), "--max-new-tokens", "2", timeout=300)
-    assert evaluate.returncode == 0 and evaluate.stdout.strip().splitlines()[-1].startswith("fine-tuned")
+    assert evaluate.returncode == 0 and evaluate.stdout.strip().splitlines()[-3].startswith("fine-tuned")
     assert "Failed to load" not in chat.stderr + evaluate.stderr  # bitsandbytes' harmless kernel notice is quiet
 
 

@@ -99,7 +99,7 @@ def test_a_model_without_the_end_ids_is_refused_in_one_line(nb04, tmp_path):
 
 def test_wrong_paths_and_a_busy_port_are_refused_in_one_line(nb04, tmp_path):
     missing = run_module("helpers.serve", "--adapter", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "not found" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
     as_model = run_module("helpers.serve", "--model", str(nb04.adapter))
     assert as_model.returncode == 2 and "is a LoRA adapter, not a full model: use --adapter" in as_model.stderr
     with socket.socket() as busy:
