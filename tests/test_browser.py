@@ -1,5 +1,5 @@
-"""JupyterLab in a real browser (Debian's headless Chromium): notebooks open unmodified, 04 and 05 run through
-the UI without an error, and 05's chat box answers a typed question, streamed, and stops.
+"""JupyterLab in a real browser (Debian's headless Chromium): notebooks open unmodified, 04, 05 and 06 run through
+the UI without an error, 05's chat box answers a typed question, streamed, and stops, and 06's server answers.
 
 Skipped, with the reason, where Chromium is not installed; `.ci/run` installs it.
 """
@@ -18,6 +18,7 @@ import nbformat
 import pytest
 
 from conftest import NOTEBOOKS
+from helpers.tutorial import free_port
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM.exists() and DRIVER.exists()), reason=(
@@ -45,6 +46,8 @@ def lab(tmp_path_factory, nb04):
                     MAX_STEPS=12, TRACKING="disabled")
     with_parameters("05_adapter_chat.ipynb", root / "notebooks", ADAPTER_DIR=str(nb04.adapter),
                     MERGED_DIR=str(root / "merged"), HELDOUT_LIMIT=2)
+    with_parameters("06_serving.ipynb", root / "notebooks", ADAPTER_DIR=str(nb04.adapter),
+                    MERGED_DIR=str(root / "merged-06"), PORT=free_port())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -173,3 +176,11 @@ def test_05_chat_box_answers_a_typed_question_and_stops(lab, browser):
     wait(lambda: "（空消息：请输入问题）" in transcript(), 10, "the empty-message notice")
     style = panel(browser).find_element(By.XPATH, ".//div[contains(@style,'column-reverse')]").get_attribute("style")
     assert "height: 240px" in style and "overflow-y: auto" in style  # a fixed height that scrolls
+
+
+def test_06_starts_its_server_from_the_browser_answers_and_stops_it(lab, browser):
+    open_notebook(browser, lab, "06_serving.ipynb")
+    run_all(browser, 600)
+    shown = panel(browser).get_attribute("textContent")
+    assert "finish_reason: length" in shown and "[finish_reason stop," in shown  # one end id runs on; three stop
+    assert "server stopped: True" in shown and "free again: True" in shown
