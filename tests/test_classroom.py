@@ -8,6 +8,7 @@ import sys
 from conftest import execute
 from helpers import REPO_ROOT
 from helpers.classroom import PLACEHOLDER, write_student_copies
+from helpers.tutorial import free_port
 
 
 def test_student_copies_leave_every_solution_blank(tmp_path):
@@ -26,10 +27,12 @@ def test_student_copies_leave_every_solution_blank(tmp_path):
 
 
 def test_student_copies_run(tmp_path, nb04):
-    """Each copy runs under papermill, up to and through its blank exercises (04 and 05 kept short)."""
+    """Each copy runs under papermill, up to and through its blank exercises (04 and 05 kept short; 05 and 06 serve
+    the adapter of notebook 04's default run, never whatever lies in outputs/)."""
     copies = write_student_copies(tmp_path / "student")
     settings = {"04": dict(PROFILE="tiny", OUTPUT_DIR=str(tmp_path / "adapter"), MAX_STEPS=6, TRACKING="disabled"),
-                "05": dict(ADAPTER_DIR=str(nb04.adapter), MERGED_DIR=str(tmp_path / "merged"), HELDOUT_LIMIT=2)}
+                "05": dict(ADAPTER_DIR=str(nb04.adapter), MERGED_DIR=str(tmp_path / "merged"), HELDOUT_LIMIT=2),
+                "06": dict(ADAPTER_DIR=str(nb04.adapter), MERGED_DIR=str(tmp_path / "merged-06"), PORT=free_port())}
     for copy in copies:
         run = execute(copy, tmp_path / copy.stem, **settings.get(copy.name[:2], {"PROFILE": "tiny"}))
         assert run.status == "ok", (copy.name, run.status)
