@@ -66,3 +66,17 @@ def test_03_trains_every_answer_of_a_conversation_and_no_tool_result(nb03):
     call, answer = nb03.record["tool_call_trained"]
     assert call.startswith("get_weather\n") and call.endswith("<|observation|>")  # the call and the token that ends it
     assert "晴" not in call and answer.endswith("<|user|>")  # the tool's result is not trained
+
+
+def test_03_runs_on_alpaca_data_without_conversations(tmp_path, tiny_dir):
+    """DATA set to a learner's own Alpaca file: no messages column, yet the conversation demo uses the sample's."""
+    import json
+
+    from helpers.data import read_rows
+
+    own = tmp_path / "mine.json"
+    own.write_text(json.dumps(read_rows("data/alpaca_zh_sample.json"), ensure_ascii=False), encoding="utf-8")
+    run = execute("03_dataset_formatting.ipynb", tmp_path, PROFILE="tiny", DATA=str(own))
+    assert run.status == "ok", run.status
+    assert run.record["rows"]["train"] == len(load_alpaca(str(own)))  # its rows and the identity rows
+    assert run.record["conversation"]["answers"] == 3 and "0 conversations" in run.shown
