@@ -12,17 +12,15 @@ Type /reset to start a new conversation and /exit (or end the input) to leave.
 """
 
 import argparse
-import dataclasses
 import sys
 from threading import Thread
 
 from peft import PeftModel
 from transformers import AutoTokenizer, TextIteratorStreamer
 
-from helpers import CourseError, resolve, run_cli, shown
-from helpers.checks import check_adapter, check_device, check_weights
+from helpers import CourseError, run_cli
+from helpers.checks import check_adapter, check_device, check_full_model
 from helpers.models import load_model
-from helpers.profiles import Profile, machine_profile
 
 
 def load_adapter(adapter_dir):  #@save
@@ -100,12 +98,7 @@ class Chat:  #@save
 
 def load_full_model(model_dir):
     """A plain (merged) model directory, loaded as its saved profile says, or in this machine's best way."""
-    model_dir = resolve(model_dir)
-    if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
-        raise CourseError(f"{shown(model_dir)} is a LoRA adapter, not a full model: use --adapter.")
-    profile = dataclasses.replace(Profile.load(model_dir) or machine_profile(), model_path=str(model_dir),
-                                  load_in_4bit=False)  # merged weights are plain: never quantised on load
-    check_weights(profile)
+    model_dir, profile = check_full_model(model_dir)
     check_device(profile)
     return load_model(profile), AutoTokenizer.from_pretrained(model_dir), profile
 

@@ -139,6 +139,18 @@ def check_adapter(adapter_dir) -> tuple[Path, Profile]:
     return adapter_dir, profile
 
 
+def check_full_model(model_dir) -> tuple[Path, Profile]:
+    """A full (merged or plain) model directory and how to load it: its saved profile, or this machine's, never
+    4-bit (merged weights are plain); refused in one sentence when it is an adapter or not a model at all."""
+    model_dir = resolve(model_dir)
+    if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
+        raise CourseError(f"{shown(model_dir)} is a LoRA adapter, not a full model: use --adapter {shown(model_dir)}.")
+    profile = dataclasses.replace(Profile.load(model_dir) or machine_profile(), model_path=str(model_dir),
+                                  load_in_4bit=False)
+    check_weights(profile)
+    return model_dir, profile
+
+
 def check_adapter_fits(adapter_dir: Path, base_dir: Path) -> None:
     """Every LoRA matrix of the adapter has the shape its layer in the base model needs (read from the
     files' headers and the base's config: nothing is loaded)."""

@@ -18,7 +18,6 @@ server stops only on the ids it is told, and the fine-tuned model ends its answe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shutil
@@ -29,11 +28,11 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import AutoTokenizer
 
-from helpers import CourseError, resolve, run_cli, shown
-from helpers.checks import check_adapter, check_device
+from helpers import CourseError, run_cli, shown
+from helpers.checks import check_adapter, check_device, check_full_model
 from helpers.glm4 import END_TOKENS, ROLES
 from helpers.models import load_model
-from helpers.profiles import Profile, machine_profile
+from helpers.profiles import Profile
 
 
 def merge_adapter(adapter_dir, merged_dir):  #@save
@@ -93,18 +92,13 @@ def merged_for(adapter_dir) -> Path:
 
 
 def check_model(model_dir) -> tuple[Path, Profile]:
-    """A full model directory that a server can stop on: its profile (saved, or this machine's)."""
-    model_dir = resolve(model_dir)
-    if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
-        raise CourseError(f"{shown(model_dir)} is a LoRA adapter, not a full model: use --adapter {shown(model_dir)}.")
-    if not (model_dir / "config.json").is_file():
-        raise CourseError(f"{shown(model_dir)} is not a model directory (no config.json): check the path, or "
-                          "serve an adapter with --adapter.")
+    """A full model directory that a server can stop on, and its profile (see ``check_full_model``)."""
+    model_dir, profile = check_full_model(model_dir)
     if not stops_on_end_ids(model_dir):
         raise CourseError(f"{shown(model_dir)}/generation_config.json does not list GLM-4's three end ids, so every "
                           "answer would run to max_tokens: serve the adapter with --adapter, which merges it again "
                           "with them, or set its eos_token_id to the ids of " + ", ".join(END_TOKENS) + ".")
-    return model_dir, Profile.load(model_dir) or machine_profile()
+    return model_dir, profile
 
 
 def port_free(host: str, port: int) -> bool:
@@ -153,7 +147,7 @@ def main(argv=None) -> int:
         raise CourseError(f"port {args.port} is in use (another server?): stop it, or choose another with --port.")
     model_dir, profile = check_model(merged_for(args.adapter) if args.adapter else args.model)
     device = args.device or profile.device
-    check_device(dataclasses.replace(profile, device=device, load_in_4bit=False))
+    check_device(replace(profile, device=device))
     vllm = shutil.which("vllm") is not None  # the command, from any environment on PATH (vLLM pins its own torch)
     engine = args.engine if args.engine != "auto" else ("vllm" if device == "cuda" and vllm else "transformers")
     if engine == "vllm":
