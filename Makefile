@@ -9,7 +9,7 @@ INSTALLED := $(VENV)/.installed
 TINY := weights/tiny-glm4/config.json
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup tiny tutorial test student kit install-kit clean
+.PHONY: setup tiny tutorial test test-fast student kit install-kit clean
 
 setup: $(INSTALLED)
 
@@ -31,6 +31,10 @@ tutorial: setup tiny
 
 test: setup tiny
 	$(OFFLINE) $(PYTHON) -m pytest
+
+# The quick lane for every edit: no training, notebook, server, kit or browser (about 2 minutes).
+test-fast: setup tiny
+	$(OFFLINE) $(PYTHON) -m pytest -m "not slow"
 
 # Classroom (docs/workshop.md): student copies with the solutions left blank; an offline kit for a USB
 # stick (WITH_9B=1 adds the 9B weights in weights/); and a student machine installed from it, offline.

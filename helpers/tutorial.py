@@ -76,13 +76,13 @@ def runnable_profiles() -> list[str]:
 
 def run_series(profile: str, out, only=None) -> tuple[list, bool]:
     """Every notebook for one profile, the adapter in out/adapter; returns the table's rows and whether all ran."""
-    out = resolve(out)
+    out, chosen = resolve(out), notebooks(only)  # an unknown --only is refused before anything is removed
     for own in ("adapter", "adapter-merged", "adapter-merged-one-end-id", "serve-logs"):  # this runner's own results: replaced, so the series can run again
         shutil.rmtree(out / own, ignore_errors=True)
     parameters = {"PROFILE": profile, "OUTPUT_DIR": str(out / "adapter"), "ADAPTER_DIR": str(out / "adapter"),
                   "MERGED_DIR": str(out / "adapter-merged"), "PORT": free_port()}  # 06's server: never a busy port
     rows, failed = [], False
-    for nb in notebooks(only):
+    for nb in chosen:
         if failed:
             rows.append((nb.name, "skipped: an earlier notebook failed", 0.0, "-"))
             continue

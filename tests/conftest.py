@@ -1,5 +1,12 @@
-"""Shared fixtures: the tiny GLM-4 (built once when missing), notebook runs, notebook 04's default run."""
+"""Shared fixtures: the tiny GLM-4 (built once when missing), notebook runs, notebook 04's default run.
 
+Train once, reuse everywhere: notebook 04 runs once per session with its defaults (``nb04``), and its adapter
+(``adapter``) is what the chat, evaluate, merge, serve and notebook 05/06 tests load. Tests that need training
+or a notebook are marked ``slow``; ``make test-fast`` runs the rest.
+"""
+
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -50,6 +57,21 @@ def run_module(*args, env=None, timeout=120, input=None):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_main(main, *args):
+    """A command line's ``main(argv)`` in this process, exactly as ``run_cli`` runs it (a CourseError is one line on
+    stderr and exit status 2): returns (exit status, stdout, stderr). For refusals that happen before any model
+    loads, without paying a new interpreter's imports."""
+    from helpers import run_cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            run_cli(lambda: main(list(args)))
+        except SystemExit as exit:
+            code = exit.code
+    return code, out.getvalue(), err.getvalue()
+
+
 class Executed:
     """An executed notebook: its status, its record (the JSON shown by the cell tagged `record`), its outputs."""
 
@@ -92,6 +114,34 @@ def execute(name_or_path, out_dir, source_edits=(), **parameters) -> Executed:
     return Executed(status, executed)
 
 
+def run_cells(name, parameters=None, source_edits=()):
+    """A notebook's code cells run in this process, top to bottom in one namespace, its parameters cell followed by
+    ``parameters``, after ``source_edits`` ((old, new) replacements a learner would type): for the variants of a
+    light notebook, without a second kernel. Returns (namespace, printed text, the exception that stopped it or None)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # plots are drawn, not shown
+    cells = json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))["cells"]
+    code = [c for c in cells if c["cell_type"] == "code" and "solution" not in c["metadata"].get("tags", [])]
+    namespace, out = {"__name__": "__main__"}, io.StringIO()
+    for old, new in source_edits:
+        hits = [c for c in code if old in "".join(c["source"])]
+        assert len(hits) == 1, f"{old!r} is in {len(hits)} cells of {name}"
+    with contextlib.redirect_stdout(out), pytest.MonkeyPatch.context() as mp:
+        mp.chdir(NOTEBOOKS)  # where papermill and JupyterLab run it
+        for cell in code:
+            source = "".join(cell["source"])
+            for old, new in source_edits:
+                source = source.replace(old, new)
+            if "parameters" in cell["metadata"].get("tags", []):
+                source += "\n" + "\n".join(f"{k} = {v!r}" for k, v in (parameters or {}).items())
+            try:
+                exec(compile(source, f"{name} cell", "exec"), namespace)
+            except Exception as error:  # the cell a learner would see fail: the rest does not run
+                return namespace, out.getvalue(), error
+    return namespace, out.getvalue(), None
+
+
 @pytest.fixture(scope="session")
 def nb04(tmp_path_factory, tiny_dir):
     """Notebook 04 run once with its defaults (the whole tiny training), tracked in SwanLab's local mode.
@@ -104,3 +154,29 @@ def nb04(tmp_path_factory, tiny_dir):
     assert run.status == "ok", run.status
     run.adapter, run.dir = out_dir / "adapter", out_dir
     return run
+
+
+@pytest.fixture(scope="session")
+def adapter(nb04):
+    """The adapter of notebook 04's default run: the one trained adapter every later test loads (copy it to change it)."""
+    return nb04.adapter
+
+
+@pytest.fixture(scope="session")
+def random_adapter(tmp_path_factory, tiny_dir):
+    """A LoRA adapter of random (untrained) weights on the tiny model, saved as training saves one, profile.json
+    included, in a second: for the tests of loading, refusing, merging and chatting mechanics, where what the adapter
+    learned does not matter. Random B matrices (init_lora_weights=False) make it change the model's answers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers.profiles import get_profile
+
+    out = tmp_path_factory.mktemp("random-adapter") / "adapter"
+    profile = get_profile("tiny", output_dir=str(out))
+    config = LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, target_modules=list(profile.lora_target_modules),
+                        task_type="CAUSAL_LM", init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(out)
+    profile.save(out)
+    return out

@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from helpers import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # each trains a few steps
 
 NO_GPU = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the CPU path, whatever this machine has
 
@@ -20,7 +23,7 @@ def run_script(*args, timeout=600):
 
 
 def test_train_throughput_compares_the_recipes_on_the_same_tokens(tmp_path, tiny_dir):
-    line = run_script("benchmarks/train_throughput.py", "--tokens", "2000", "--layers", "1", "--hidden", "128",
+    line = run_script("benchmarks/train_throughput.py", "--tokens", "1000", "--layers", "1", "--hidden", "128",
                       "--work", str(tmp_path))
     recipes = line["recipes"]
     assert set(recipes) == {"original", "padding-free", "packed"}
@@ -32,7 +35,7 @@ def test_train_throughput_compares_the_recipes_on_the_same_tokens(tmp_path, tiny
 
 def test_gpu_benchmark_runs_on_the_cpu_with_a_tiny_config(tmp_path):
     out = tmp_path / "gpu_lora.json"
-    line = run_script("benchmarks/gpu_lora.py", "--tiny", "--steps", "2", "--warmup", "1", "--examples-tokens", "3000",
+    line = run_script("benchmarks/gpu_lora.py", "--tiny", "--steps", "1", "--warmup", "1", "--examples-tokens", "1500",
                       "--out", str(out))
     assert json.loads(out.read_text()) == line and line["shape"] == "tiny"
     recipes = line["recipes"]

@@ -5,26 +5,18 @@ import shutil
 
 import pytest
 
-from conftest import run_module
+from conftest import run_main, run_module
 from helpers import CourseError
-from helpers.chat import Chat, load_adapter, reply
+from helpers.chat import Chat, load_adapter, main, reply
 from helpers.checks import check_adapter
 from helpers.evaluate import reply_batch
-from helpers.profiles import get_profile
-from helpers.train import RunArgs, train
+
+# The mechanics of loading, refusing, merging and chatting need an adapter, not a trained one: random_adapter.
 
 
-@pytest.fixture(scope="module")
-def adapter(tmp_path_factory, tiny_dir):
-    out = tmp_path_factory.mktemp("chat") / "adapter"
-    profile = get_profile("tiny", max_steps=10, eval_steps=10, save_steps=10, logging_steps=5, output_dir=str(out))
-    train(profile, RunArgs(profile="tiny", tracking="disabled"))
-    return out
-
-
-def test_piped_conversation_with_reset_and_exit(adapter):
+def test_piped_conversation_with_reset_and_exit(random_adapter):
     turns = "你是谁？\n\n/reset\n12 乘以 3 等于多少？\n/exit\n这一行不会被读到\n"
-    result = run_module("helpers.chat", "--adapter", str(adapter), "--max-new-tokens", "16", input=turns)
+    result = run_module("helpers.chat", "--adapter", str(random_adapter), "--max-new-tokens", "16", input=turns)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert out.count("assistant> ") == 2  # two questions answered, the line after /exit never read
@@ -38,9 +30,8 @@ def test_piped_conversation_with_reset_and_exit(adapter):
     ([], "give either --adapter DIR"),
 ])
 def test_bad_directories_are_refused_in_one_sentence(args, message):
-    result = run_module("helpers.chat", *args, input="")
-    assert result.returncode == 2 and message in result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    code, _, err = run_main(main, *args)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def moved(adapter, tmp_path, **profile_changes):
@@ -52,12 +43,12 @@ def moved(adapter, tmp_path, **profile_changes):
     return copy
 
 
-def test_adapter_whose_base_is_missing(adapter, tmp_path):
+def test_adapter_whose_base_is_missing(random_adapter, tmp_path):
     with pytest.raises(CourseError, match="base model weights/not-built-yet is missing"):
-        check_adapter(moved(adapter, tmp_path, model_path="weights/not-built-yet"))
+        check_adapter(moved(random_adapter, tmp_path, model_path="weights/not-built-yet"))
 
 
-def test_adapter_trained_on_another_base_is_refused_before_loading(adapter, tmp_path, tiny_dir):
+def test_adapter_trained_on_another_base_is_refused_before_loading(random_adapter, tmp_path, tiny_dir):
     from transformers import AutoConfig, GlmForCausalLM
 
     other = tmp_path / "other-base"
@@ -67,11 +58,11 @@ def test_adapter_trained_on_another_base_is_refused_before_loading(adapter, tmp_
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(tiny_dir / name, other / name)
     with pytest.raises(CourseError, match=r"does not fit .*needs \[16, \d+\], the adapter has \[16, \d+\]\): it was trained on another base model"):
-        check_adapter(moved(adapter, tmp_path, model_path=str(other)))
+        check_adapter(moved(random_adapter, tmp_path, model_path=str(other)))
 
 
-def test_merged_model_answers_exactly_as_base_plus_adapter(adapter, tmp_path):
-    model, tokenizer, profile = load_adapter(adapter)
+def test_merged_model_answers_exactly_as_base_plus_adapter(random_adapter, tmp_path):
+    model, tokenizer, profile = load_adapter(random_adapter)
     messages = [{"role": "user", "content": "你是谁？"}]
     expected = reply(model, tokenizer, messages, max_new_tokens=24)
     merged_dir = tmp_path / "merged"
@@ -81,16 +72,16 @@ def test_merged_model_answers_exactly_as_base_plus_adapter(adapter, tmp_path):
     result = run_module("helpers.chat", "--model", str(merged_dir), "--max-new-tokens", "24", input="你是谁？\n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("assistant> ", 1)[1].strip().startswith(expected[0])
-    refused = run_module("helpers.chat", "--model", str(adapter), input="")
-    assert refused.returncode == 2 and "is a LoRA adapter, not a full model: use --adapter" in refused.stderr
+    code, _, err = run_main(main, "--model", str(random_adapter))
+    assert code == 2 and "is a LoRA adapter, not a full model: use --adapter" in err
 
 
-def test_streaming_pieces_add_up_to_the_answer(adapter):
-    model, tokenizer, _ = load_adapter(adapter)
+def test_streaming_pieces_add_up_to_the_answer(random_adapter):
+    model, tokenizer, _ = load_adapter(random_adapter)
     pieces = []
     text, stopped = reply(model, tokenizer, [{"role": "user", "content": "你好"}], max_new_tokens=20,
                           stream=pieces.append)
-    assert "".join(pieces).strip() == text and isinstance(stopped, bool)
+    assert text and "".join(pieces).strip() == text  # the pieces, joined, are the answer
     assert (text, stopped) == reply(model, tokenizer, [{"role": "user", "content": "你好"}], max_new_tokens=20)
 
 
@@ -121,13 +112,13 @@ def test_batched_replies_equal_one_by_one(model, tokenizer):
     assert batched == [reply(model, tokenizer, c, max_new_tokens=12) for c in conversations]
 
 
-def test_bytes_that_are_not_utf8_are_replaced_and_said(adapter):
+def test_bytes_that_are_not_utf8_are_replaced_and_said(random_adapter):
     import subprocess
     import sys
 
     from helpers import REPO_ROOT
 
-    result = subprocess.run([sys.executable, "-m", "helpers.chat", "--adapter", str(adapter), "--max-new-tokens", "4"],
+    result = subprocess.run([sys.executable, "-m", "helpers.chat", "--adapter", str(random_adapter), "--max-new-tokens", "4"],
                             cwd=REPO_ROOT, input="你好".encode() + b"\xff\xfe\n" + "你是谁？\n".encode(),
                             capture_output=True, timeout=120)
     out = result.stdout.decode("utf-8")
@@ -136,9 +127,9 @@ def test_bytes_that_are_not_utf8_are_replaced_and_said(adapter):
     assert out.count("assistant> ") == 2 and b"Traceback" not in result.stderr
 
 
-def test_a_message_longer_than_the_context_is_refused_and_the_chat_goes_on(adapter):
+def test_a_message_longer_than_the_context_is_refused_and_the_chat_goes_on(random_adapter):
     turns = "你好" * 1200 + "\n你是谁？\n"  # 2,400 characters: more tokens than tiny's 1,024 positions
-    result = run_module("helpers.chat", "--adapter", str(adapter), "--max-new-tokens", "4", input=turns, timeout=120)
+    result = run_module("helpers.chat", "--adapter", str(random_adapter), "--max-new-tokens", "4", input=turns, timeout=120)
     assert result.returncode == 0 and "Traceback" not in result.stderr
     assert "(message refused: the conversation is " in result.stdout and "but the model's context is 1024" in result.stdout
     assert result.stdout.count("assistant> ") == 2 and "exceeded the model's predefined maximum length" not in result.stderr
@@ -175,7 +166,7 @@ def test_generation_never_runs_past_the_positions(short_context, tokenizer):
         reply_batch(short_context, tokenizer, [[{"role": "user", "content": "长城" * 60}]], max_new_tokens=4)
 
 
-def test_evaluate_refuses_data_longer_than_the_context_in_one_line(adapter, tmp_path, tokenizer):
+def test_evaluate_refuses_data_longer_than_the_context_in_one_line(random_adapter, tmp_path, tokenizer):
     from helpers.data import read_rows
 
     text = "".join(row["output"] for row in read_rows("data/alpaca_zh_sample.json"))[:4000]
@@ -188,7 +179,9 @@ def test_evaluate_refuses_data_longer_than_the_context_in_one_line(adapter, tmp_
     rows = short + long  # one long question among short ones, all on the held-out side
     data = tmp_path / "long.json"
     data.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
-    result = run_module("helpers.evaluate", "--adapter", str(adapter), "--data", str(data), timeout=300)
-    last = result.stderr.strip().splitlines()[-1]
-    assert result.returncode == 2 and last.startswith("error: ") and "longer than the model's context of 1024" in last
-    assert "Traceback" not in result.stderr
+    from helpers.evaluate import main as evaluate
+
+    code, _, err = run_main(evaluate, "--adapter", str(random_adapter), "--data", str(data))
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: ") and "longer than the model's context of 1024" in last
+    assert "Traceback" not in err

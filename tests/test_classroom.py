@@ -5,6 +5,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import execute
 from helpers import REPO_ROOT
 from helpers.classroom import PLACEHOLDER, write_student_copies
@@ -26,19 +28,22 @@ def test_student_copies_leave_every_solution_blank(tmp_path):
         assert not student_code & {"".join(c["source"]) for c in solutions}, copy.name  # no solution text left
 
 
-def test_student_copies_run(tmp_path, nb04):
-    """Each copy runs under papermill, up to and through its blank exercises (04 and 05 kept short; 05 and 06 serve
-    the adapter of notebook 04's default run, never whatever lies in outputs/)."""
+@pytest.mark.slow
+def test_student_copies_run(tmp_path, adapter):
+    """Each copy runs once under papermill, up to and through its blank exercises (04 and 05 kept short; 05 and 06
+    load the adapter of notebook 04's default run, never whatever lies in outputs/)."""
     copies = write_student_copies(tmp_path / "student")
-    settings = {"04": dict(PROFILE="tiny", OUTPUT_DIR=str(tmp_path / "adapter"), MAX_STEPS=6, TRACKING="disabled"),
-                "05": dict(ADAPTER_DIR=str(nb04.adapter), MERGED_DIR=str(tmp_path / "merged"), HELDOUT_LIMIT=2),
-                "06": dict(ADAPTER_DIR=str(nb04.adapter), MERGED_DIR=str(tmp_path / "merged-06"), PORT=free_port())}
+    settings = {"04": dict(PROFILE="tiny", OUTPUT_DIR=str(tmp_path / "adapter"), MAX_STEPS=2, TRACKING="disabled"),
+                "05": dict(ADAPTER_DIR=str(adapter), MERGED_DIR=str(tmp_path / "merged"), HELDOUT_LIMIT=1,
+                           MAX_NEW_TOKENS=32, CHAT_SCRIPT=["你好"]),
+                "06": dict(ADAPTER_DIR=str(adapter), MERGED_DIR=str(tmp_path / "merged-06"), PORT=free_port())}
     for copy in copies:
         run = execute(copy, tmp_path / copy.stem, **settings.get(copy.name[:2], {"PROFILE": "tiny"}))
         assert run.status == "ok", (copy.name, run.status)
         assert run.record is not None and run.stderr == []
 
 
+@pytest.mark.slow
 def test_a_kit_installs_a_machine_with_no_index(tmp_path, tiny_dir):
     kit = tmp_path / "kit"
     subset = ["six==1.16.0"]  # a small wheel stands for the pinned set: CI downloads no gigabytes

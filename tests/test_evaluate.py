@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import run_module
+from conftest import run_main
 from helpers.data import load_alpaca
 from helpers.evaluate import eval_loss, gives_identity, measure, measure_turns
 from helpers.formatting import prepare_dataset, to_messages
@@ -69,17 +69,13 @@ def test_switching_the_adapter_off_gives_the_base_models_logits(tmp_path, model,
     assert (switched_on - base).abs().max() > 1e-3  # the adapter, random here, does change the output
 
 
-def test_evaluate_command_prints_base_and_fine_tuned(tmp_path, tiny_dir):
-    from helpers.profiles import get_profile
-    from helpers.train import RunArgs, train
+def test_evaluate_command_prints_base_and_fine_tuned(tmp_path, random_adapter):
+    from helpers.evaluate import main
 
-    out = tmp_path / "adapter"
-    train(get_profile("tiny", max_steps=5, eval_steps=5, save_steps=5, logging_steps=5, output_dir=str(out)),
-          RunArgs(profile="tiny", tracking="disabled"))
-    result = run_module("helpers.evaluate", "--adapter", str(out), "--max-new-tokens", "4", timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.strip().splitlines()
+    code, out, err = run_main(main, "--adapter", str(random_adapter), "--max-new-tokens", "4")
+    assert code == 0, err[-2000:]
+    lines = out.strip().splitlines()
     assert lines[-4].startswith("base") and lines[-3].startswith("fine-tuned") and "65 rows" in lines[-5]
     assert lines[-2].startswith("turn 2 of 30 conversations: stop rate") and lines[-1].startswith("turn 3 of 30")
-    bad = run_module("helpers.evaluate", "--adapter", str(tmp_path / "nothing"))
-    assert bad.returncode == 2 and "does not exist" in bad.stderr and "Traceback" not in bad.stderr
+    code, _, err = run_main(main, "--adapter", str(tmp_path / "nothing"))
+    assert code == 2 and "does not exist" in err and "Traceback" not in err

@@ -1,8 +1,12 @@
-"""Notebook 03 runs headless on the tiny tokenizer, in a fresh kernel; the tests read what it showed."""
+"""Notebook 03 runs headless on the tiny tokenizer, in a fresh kernel; the tests read what it showed.
+
+It runs once per session; a learner's variants run its cells in this process (``run_cells``)."""
 
 import pytest
 
-from conftest import execute
+from conftest import execute, run_cells
+
+pytestmark = pytest.mark.slow
 from helpers.data import load_alpaca
 
 
@@ -50,12 +54,12 @@ def test_03_shows_the_histogram_and_the_label_mask(nb03):
     assert nb03.stderr == []  # no red warning under any cell (bitsandbytes' kernel notice included)
 
 
-def test_03_with_another_end_token_says_which_property_broke(tmp_path, tiny_dir):
+def test_03_with_another_end_token_says_which_property_broke(tiny_dir):
     # exercise 3: a learner swaps the end token in build_example; the notebook names what changed
-    run = execute("03_dataset_formatting.ipynb", tmp_path, PROFILE="tiny",
-                  source_edits=[('convert_tokens_to_ids("<|user|>")  # the template', 'convert_tokens_to_ids("<|endoftext|>")  # the template')])
-    assert run.status.startswith("failed: AssertionError"), run.status
-    assert "'last_label_token': '<|endoftext|>'" in run.shown
+    edit = ('convert_tokens_to_ids("<|user|>")  # the template', 'convert_tokens_to_ids("<|endoftext|>")  # the template')
+    namespace, printed, error = run_cells("03_dataset_formatting.ipynb", {"PROFILE": "tiny"}, [edit])
+    assert isinstance(error, AssertionError) and "talk_example" not in namespace  # step 5's checks stopped it
+    assert "'last_label_token': '<|endoftext|>'" in printed and namespace["checks"]["gmask_count"] == 1
 
 
 def test_03_trains_every_answer_of_a_conversation_and_no_tool_result(nb03):
@@ -76,7 +80,7 @@ def test_03_runs_on_alpaca_data_without_conversations(tmp_path, tiny_dir):
 
     own = tmp_path / "mine.json"
     own.write_text(json.dumps(read_rows("data/alpaca_zh_sample.json"), ensure_ascii=False), encoding="utf-8")
-    run = execute("03_dataset_formatting.ipynb", tmp_path, PROFILE="tiny", DATA=str(own))
-    assert run.status == "ok", run.status
-    assert run.record["rows"]["train"] == len(load_alpaca(str(own)))  # its rows and the identity rows
-    assert run.record["conversation"]["answers"] == 3 and "0 conversations" in run.shown
+    namespace, printed, error = run_cells("03_dataset_formatting.ipynb", {"PROFILE": "tiny", "DATA": str(own)})
+    assert error is None, error
+    assert len(namespace["dataset"]) == len(load_alpaca(str(own)))  # its rows and the identity rows
+    assert namespace["conversation_checks"]["answers"] == 3 and "0 conversations" in printed

@@ -1,8 +1,13 @@
-"""Notebook 05 after notebook 04's default run: chat, before/after measures, chat box, merge and reload."""
+"""Notebook 05 after notebook 04's default run: chat, before/after measures, chat box, merge and reload.
+
+It runs once per session; that its earlier cells still run after the merge is tried in the copied-script test.
+"""
 
 import pytest
 
 from conftest import execute
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +19,7 @@ def nb05(tmp_path_factory, nb04):
     return run
 
 
-def test_05_fine_tuning_changed_the_model_in_numbers(nb05, nb04):
+def test_05_fine_tuning_changed_the_model_in_numbers(nb05):
     found = nb05.record
     base, tuned = found["measures"]["base"], found["measures"]["fine-tuned"]
     assert found["profile"] == "tiny" and len(found["heldout_answers"]["base"]) == 65
@@ -56,16 +61,6 @@ def test_05_shows_the_chart_and_a_scrolling_chat_box(nb05):
     assert "image/png" in kinds and "application/vnd.jupyter.widget-view+json" in kinds
     assert "stopped on an end id" in nb05.shown and "turn now: 0" in nb05.shown
     assert nb05.stderr == []  # no red warning under any cell
-
-
-def test_05_earlier_cells_still_work_after_the_merge(nb05, nb04, tmp_path):
-    # "Run All", then the learner re-runs step 5: the model is still there, with its adapter
-    edits = [("# this run's key results", "rerun = reply(model, tokenizer, [{'role': 'user', 'content': '你是谁？'}], 32)\n"
-                                           "with model.disable_adapter():\n    reply(model, tokenizer, [{'role': 'user', 'content': '你好'}], 4)\n"
-                                           "assert '知微' in rerun[0]\n# this run's key results")]
-    run = execute("05_adapter_chat.ipynb", tmp_path, ADAPTER_DIR=str(nb04.adapter), MERGED_DIR=str(tmp_path / "merged"),
-                  HELDOUT_LIMIT=2, source_edits=edits)
-    assert run.status == "ok", run.status
 
 
 def test_05_refuses_a_missing_adapter_in_one_sentence(tmp_path, tiny_dir):

@@ -5,6 +5,8 @@ import pytest
 from conftest import execute
 from helpers.tutorial import free_port
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def nb06(tmp_path_factory, nb04):

@@ -5,7 +5,7 @@ import ast
 import nbformat
 import pytest
 
-from conftest import execute, run_module
+from conftest import run_main, run_module
 from helpers.tutorial import notebooks
 
 NOTEBOOKS = notebooks()
@@ -39,9 +39,21 @@ def test_notebook_is_stripped_and_follows_the_skeleton(path):
     assert max(len(c.source.splitlines()) for c in code) <= 32, "cells short enough to read"
 
 
-def test_notebook_00_runs_and_shows_the_environment(tmp_path, tiny_dir):
-    run = execute("00_environment.ipynb", tmp_path, PROFILE="tiny", HUB_TIMEOUT=1.0)
-    assert run.status == "ok", run.status
+@pytest.fixture(scope="module")
+def tutorial(tmp_path_factory, tiny_dir):
+    """`python -m helpers.tutorial --all-profiles --only 00`, once: the command as an instructor runs it, and the one
+    run of notebook 00, whose executed copy the tests read."""
+    out = tmp_path_factory.mktemp("tutorial")
+    result = run_module("helpers.tutorial", "--all-profiles", "--only", "00", "--out", str(out), timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result, out
+
+
+@pytest.mark.slow
+def test_notebook_00_runs_and_shows_the_environment(tutorial):
+    from conftest import Executed
+
+    run = Executed("ok", tutorial[1] / "tiny" / "00_environment.ipynb")
     found = run.record
     assert found["profile"] == "tiny" and found["counts"]["fail"] == 0
     checks = {c["name"]: c for c in found["checks"]}
@@ -53,23 +65,36 @@ def test_notebook_00_runs_and_shows_the_environment(tmp_path, tiny_dir):
     assert "text/html" in run.shown and "weights/glm-4-9b-hf" in run.shown and run.stderr == []
 
 
-def test_tutorial_command_runs_notebooks_and_prints_a_table(tmp_path, tiny_dir):
-    result = run_module("helpers.tutorial", "--profile", "tiny", "--only", "00", "--out", str(tmp_path),
-                        timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
+@pytest.mark.slow
+def test_tutorial_command_runs_notebooks_and_prints_a_table(tutorial):
+    result, out = tutorial
     lines = result.stdout.strip().splitlines()
-    assert lines[-2].split() == ["notebook", "status", "seconds", "executed", "copy"]
-    name, status, seconds, copy = lines[-1].split()
+    header = lines.index(next(line for line in lines if line.split()[:2] == ["notebook", "status"]))
+    assert lines[header].split() == ["notebook", "status", "seconds", "executed", "copy"]
+    rows = [line.split() for line in lines[header + 1:]]
+    name, status, seconds, copy = rows[0]  # tiny runs anywhere, first
     assert (name, status) == ("00_environment.ipynb", "ok") and float(seconds) > 0
-    assert (tmp_path / "00_environment.ipynb").is_file() and copy.endswith("00_environment.ipynb")
+    assert (out / "tiny" / "00_environment.ipynb").is_file() and copy.endswith("tiny/00_environment.ipynb")
+    from helpers.checks import preflight
+    from helpers.profiles import PROFILES
+
+    for name in ("glm4-9b", "glm4-9b-qlora"):  # each GPU profile either ran, or was left out with the reason
+        ran = (out / name / "00_environment.ipynb").is_file()
+        assert ran or f"not running {name}: " in result.stdout
+        if not ran:
+            with pytest.raises(Exception):
+                preflight(PROFILES[name])
+    assert len(rows) == 1 + sum((out / name / "00_environment.ipynb").is_file() for name in ("glm4-9b", "glm4-9b-qlora"))
 
 
 def test_tutorial_command_rejects_an_unknown_notebook():
-    result = run_module("helpers.tutorial", "--only", "99")
-    assert result.returncode == 2 and "no notebooks matched" in result.stderr
-    assert "Traceback" not in result.stderr
+    from helpers.tutorial import main
+
+    code, _, err = run_main(main, "--only", "99")
+    assert code == 2 and "no notebooks matched" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_a_kernel_that_dies_stops_the_series_in_one_line(tmp_path):
     from helpers.tutorial import run_notebook
 
@@ -77,18 +102,3 @@ def test_a_kernel_that_dies_stops_the_series_in_one_line(tmp_path):
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nos._exit(9)")]), dying)
     status, _, _ = run_notebook(dying, tmp_path / "out", {})
     assert status.startswith("failed: the kernel died, most often out of memory")
-
-
-def test_tutorial_runs_every_profile_this_machine_can(tmp_path, tiny_dir):
-    result = run_module("helpers.tutorial", "--all-profiles", "--only", "00", "--out", str(tmp_path), timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "tiny" / "00_environment.ipynb").is_file()  # tiny runs anywhere
-    from helpers.checks import preflight
-    from helpers.profiles import PROFILES
-
-    for name in ("glm4-9b", "glm4-9b-qlora"):  # each GPU profile either ran, or was left out with the reason
-        ran = (tmp_path / name / "00_environment.ipynb").is_file()
-        assert ran or f"not running {name}: " in result.stdout
-        if not ran:
-            with pytest.raises(Exception):
-                preflight(PROFILES[name])

@@ -6,6 +6,8 @@ import pytest
 
 from conftest import execute
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def nb01(tmp_path_factory, tiny_dir):
@@ -46,7 +48,7 @@ def test_01_shows_one_prefix_and_base_model_continuations(nb01, tiny_dir):
     found = nb01.record
     assert found["prompt_tokens"][:2] == ["[gMASK]", "<sop>"] and found["prompt_tokens"].count("[gMASK]") == 1
     assert found["end_ids"] == saved_end_ids(tiny_dir)
-    assert isinstance(found["greedy_stopped"], bool) and len(found["greedy"]) == 2
+    assert found["greedy_stopped"] is False and len(found["greedy"]) == 2  # a base model never learned to stop
     assert found["same_seed_same_text"] is True
     assert found["chat_answer"] is None and "没有可对照的对话模型" in nb01.shown  # tiny has no chat model
 
@@ -70,7 +72,7 @@ def test_02_end_ids_and_stopping(nb02, tiny_dir):
     found = nb02.record
     assert found["end_ids"] == saved_end_ids(tiny_dir)
     assert found["end_tokens"] == ["<|endoftext|>", "<|user|>", "<|observation|>"]
-    assert found["train_last_token"] == "<|user|>" and isinstance(found["generated_stopped"], bool)
+    assert found["train_last_token"] == "<|user|>" and found["generated_stopped"] is False  # the base runs on
     assert found["forced_stopped_on"] == "<|user|>" and found["forced_generated"] < found["forced_tokens"]
     assert found["cut_answer"] == "\n长城很长。"
 

@@ -11,7 +11,6 @@ def test_profiles_are_frozen_and_complete():
     assert set(PROFILES) == {"glm4-9b", "glm4-9b-qlora", "tiny"}
     for name, profile in PROFILES.items():
         assert profile.name == name
-        assert isinstance(profile, Profile)
         with pytest.raises(dataclasses.FrozenInstanceError):
             profile.learning_rate = 1.0  # type: ignore[misc]
         assert set(profile.lora_target_modules) <= set(LORA_TARGETS)

@@ -10,9 +10,9 @@ import time
 import httpx
 import pytest
 
-from conftest import run_module
+from conftest import run_main
 from helpers import REPO_ROOT
-from helpers.serve import request_problem
+from helpers.serve import main, request_problem
 from helpers.tutorial import free_port
 
 
@@ -35,10 +35,10 @@ def test_good_requests_pass():
 
 
 @pytest.fixture(scope="module")
-def served(nb04, tmp_path_factory):
-    """`python -m helpers.serve --adapter` on notebook 04's adapter, on a free port, as a learner starts it."""
-    adapter = tmp_path_factory.mktemp("serve") / "adapter"
-    shutil.copytree(nb04.adapter, adapter)
+def served(adapter, tmp_path_factory):
+    """`python -m helpers.serve --adapter` on notebook 04's adapter (a copy), on a free port, as a learner starts it."""
+    trained, adapter = adapter, tmp_path_factory.mktemp("serve") / "adapter"
+    shutil.copytree(trained, adapter)
     port, log = free_port(), adapter.parent / "serve.log"
     process = subprocess.Popen([sys.executable, "-m", "helpers.serve", "--adapter", str(adapter), "--port", str(port)],
                                cwd=REPO_ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
@@ -57,6 +57,7 @@ def served(nb04, tmp_path_factory):
     process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_the_openai_client_gets_the_name_and_a_stop(served):
     from openai import OpenAI
 
@@ -74,6 +75,7 @@ def test_the_openai_client_gets_the_name_and_a_stop(served):
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == answer.choices[0].message.content  # greedy: same
 
 
+@pytest.mark.slow
 def test_bad_requests_get_400_and_the_server_keeps_serving(served):
     port, _ = served
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
@@ -85,25 +87,26 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(served):
     assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "stop"
 
 
-def test_a_model_without_the_end_ids_is_refused_in_one_line(nb04, tmp_path):
+def test_a_model_without_the_end_ids_is_refused_in_one_line(random_adapter, tmp_path):
     merged = tmp_path / "merged"
     from helpers.serve import merge_adapter
 
-    merge_adapter(nb04.adapter, merged)
+    merge_adapter(random_adapter, merged)
     config = json.loads((merged / "generation_config.json").read_text())
+    assert config["eos_token_id"] == [3000, 3007, 3009]  # the merge writes all three
     (merged / "generation_config.json").write_text(json.dumps({**config, "eos_token_id": 3000}))
-    result = run_module("helpers.serve", "--model", str(merged), "--port", str(free_port()))
-    assert result.returncode == 2 and "does not list GLM-4's three end ids" in result.stderr
-    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    code, _, err = run_main(main, "--model", str(merged), "--port", str(free_port()))
+    assert code == 2 and "does not list GLM-4's three end ids" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def test_wrong_paths_and_a_busy_port_are_refused_in_one_line(nb04, tmp_path):
-    missing = run_module("helpers.serve", "--adapter", str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
-    as_model = run_module("helpers.serve", "--model", str(nb04.adapter))
-    assert as_model.returncode == 2 and "is a LoRA adapter, not a full model: use --adapter" in as_model.stderr
+def test_wrong_paths_and_a_busy_port_are_refused_in_one_line(random_adapter, tmp_path):
+    code, _, err = run_main(main, "--adapter", str(tmp_path / "nope"))
+    assert code == 2 and "does not exist" in err and "Traceback" not in err
+    code, _, err = run_main(main, "--model", str(random_adapter))
+    assert code == 2 and "is a LoRA adapter, not a full model: use --adapter" in err
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        taken = run_module("helpers.serve", "--adapter", str(nb04.adapter), "--port", str(busy.getsockname()[1]))
-    assert taken.returncode == 2 and "is in use" in taken.stderr
+        code, _, err = run_main(main, "--adapter", str(random_adapter), "--port", str(busy.getsockname()[1]))
+    assert code == 2 and "is in use" in err

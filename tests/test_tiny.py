@@ -183,6 +183,7 @@ def _digest(path):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir())}
 
 
+@pytest.mark.slow  # pretrains two small models
 def test_build_is_deterministic(tmp_path):
     a = _digest(build(tmp_path / "a", seed=0, steps=4, log=lambda *_: None))
     b = _digest(build(tmp_path / "b", seed=0, steps=4, log=lambda *_: None))
