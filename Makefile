@@ -6,10 +6,11 @@ PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+TESTING := $(VENV)/.installed-test
 TINY := weights/tiny-glm4/config.json
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: setup tiny tutorial test test-fast student kit install-kit clean
+.PHONY: setup tiny tutorial test test-fast sync student kit install-kit clean
 
 setup: $(INSTALLED)
 
@@ -23,18 +24,27 @@ $(INSTALLED): pyproject.toml
 
 tiny: $(TINY)
 
-$(TINY): $(INSTALLED) helpers/tiny.py helpers/glm4.py helpers/glm4_chat_template.jinja data/corpus_zh.txt data/alpaca_zh_sample.json
+$(TINY): $(INSTALLED) helpers/tiny.py helpers/families.py helpers/glm4_chat_template.jinja data/corpus_zh.txt data/alpaca_zh_sample.json
 	$(OFFLINE) $(PYTHON) -m helpers.tiny
 
 tutorial: setup tiny
 	$(PYTHON) -m helpers.tutorial
 
-test: setup tiny
+# pytest and selenium: the test extra, installed for the tests only
+$(TESTING): $(INSTALLED)
+	$(PYTHON) -m pip install --quiet -e ".[test]"
+	@touch $@
+
+test: setup tiny $(TESTING)
 	$(OFFLINE) $(PYTHON) -m pytest
 
 # The quick lane for every edit: no training, notebook, server, kit or browser (about 2 minutes).
-test-fast: setup tiny
+test-fast: setup tiny $(TESTING)
 	$(OFFLINE) $(PYTHON) -m pytest -m "not slow"
+
+# The notebooks are the source of the functions marked #@save: this writes them into helpers/ (one direction).
+sync: setup
+	$(PYTHON) -m helpers.sync
 
 # Classroom (docs/workshop.md): student copies with the solutions left blank; an offline kit for a USB
 # stick (WITH_9B=1 adds the 9B weights in weights/); and a student machine installed from it, offline.

@@ -17,7 +17,7 @@ Recipes (the LoRA is the original tutorial's: r 8, alpha 32, q/k/v, for all of t
 
 - original: batch 2 padded to the longest, no packing, loss on the full text, no checkpointing;
 - packed: BFD-packed rows of max_length, padding-free (position ids), answers-only loss, gradient
-  checkpointing, ``--rows`` rows a step (the glm4-9b profile's setting);
+  checkpointing, ``--rows`` rows a step (the glm4-9b recipe's setting);
 - packed-no-gc: the same without gradient checkpointing;
 - qlora: packed with the weights in 4-bit NF4 (bitsandbytes), gradient checkpointing.
 
@@ -109,10 +109,8 @@ def build_model(recipe: str, args, device: str, kernel: str, weights_dir):
     dtype = torch.float32 if device == "cpu" and args.tiny else torch.bfloat16
     config = model_config(args.tiny)
     if recipe == "qlora":
-        from dataclasses import replace
-
         from helpers.models import load_model
-        from helpers.profiles import PROFILES
+        from helpers.recipes import read_recipe
 
         if not (Path(weights_dir) / "config.json").is_file():  # 4-bit quantization happens on load
             torch.manual_seed(0)
@@ -121,7 +119,7 @@ def build_model(recipe: str, args, device: str, kernel: str, weights_dir):
             gc.collect()
             torch.cuda.empty_cache() if device == "cuda" else None
             torch.cuda.reset_peak_memory_stats() if device == "cuda" else None
-        model = load_model(replace(PROFILES["glm4-9b-qlora"], device=device), weights_dir)  # the course's 4-bit load
+        model = load_model(read_recipe("glm4-9b-qlora", use_cpu=device == "cpu"), weights_dir)  # the course's 4-bit load
         model.set_attn_implementation(kernel)
         return model
     torch.manual_seed(0)
@@ -199,7 +197,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=RECIPES)
     parser.add_argument("--steps", type=int, default=8, help="measured steps per recipe")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rows", type=int, default=2, help="packed rows of max_length per step (the profile's 2)")
+    parser.add_argument("--rows", type=int, default=2, help="packed rows of max_length per step (the recipe's 2)")
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--examples-tokens", type=int, default=120_000, help="real tokens of synthetic examples")
     parser.add_argument("--seed", type=int, default=0)

@@ -19,16 +19,17 @@ from peft import PeftModel
 from transformers import AutoTokenizer, TextIteratorStreamer
 
 from helpers import CourseError, run_cli
-from helpers.checks import check_adapter, check_device, check_full_model
+from helpers.checks import check_adapter, check_full_model
 from helpers.models import load_model
 
 
+# ---- #@save from notebooks/05_adapter_chat.ipynb: load_adapter, stream_generate, reply, Chat (make sync writes this block) ----
 def load_adapter(adapter_dir):  #@save
     """Base model + LoRA adapter, loaded as they were trained, and the tokenizer saved with the adapter."""
-    adapter_dir, profile = check_adapter(adapter_dir)  # an adapter, its base is here, shapes and device fit
-    model = PeftModel.from_pretrained(load_model(profile), adapter_dir)  # LoRA layers added beside the base's
+    adapter_dir, recipe = check_adapter(adapter_dir)  # an adapter, its base is here, shapes and device fit
+    model = PeftModel.from_pretrained(load_model(recipe), adapter_dir)  # LoRA layers added beside the base's
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # with the chat template it was trained on
-    return model.eval(), tokenizer, profile
+    return model.eval(), tokenizer, recipe
 
 
 def stream_generate(model, tokenizer, stream, **settings):  #@save
@@ -94,13 +95,13 @@ class Chat:  #@save
     @property
     def turn(self):
         return sum(message["role"] == "user" for message in self.history)
+# ---- end of #@save ----
 
 
 def load_full_model(model_dir):
-    """A plain (merged) model directory, loaded as its saved profile says, or in this machine's best way."""
-    model_dir, profile = check_full_model(model_dir)
-    check_device(profile)
-    return load_model(profile), AutoTokenizer.from_pretrained(model_dir), profile
+    """A plain (merged) model directory, loaded as its saved recipe says, or in this machine's best way."""
+    model_dir, recipe = check_full_model(model_dir)  # its recipe, checked to fit this machine
+    return load_model(recipe), AutoTokenizer.from_pretrained(model_dir), recipe
 
 
 def main(argv=None) -> int:

@@ -1,23 +1,21 @@
 """Checks that run before anything heavy loads, each failing in one sentence with the fix.
 
 Taught in notebooks 01 (device and weights) and 04 (output directory and resume); every command
-line runs the same checks:
+line runs the same checks. Whether a recipe can run on this machine at all is ``helpers.machine.fits``:
 
-    checkpoint = preflight(profile, output_dir, resume)   # device, weights, output directory
-    adapter_dir, profile = check_adapter("outputs/lora-tiny")  # an adapter and its own profile, checked to load
+    checkpoint = preflight(recipe, output_dir, resume)    # machine, weights, output directory
+    adapter_dir, recipe = check_adapter("outputs/lora-tiny")  # an adapter and its own recipe, checked to load
 """
 
 from __future__ import annotations
 
-import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
 from helpers import CourseError, resolve, shown
-from helpers.glm4 import has_chat_template
-from helpers.memory import estimate, gpu_info
-from helpers.profiles import MACHINE, PROFILES, Profile, fitting_profile, machine_profile
+from helpers.families import has_chat_template
+from helpers.machine import fits, gpu_info
+from helpers.recipes import Recipe, read_recipe, recipe_names
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
 
@@ -25,44 +23,31 @@ CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimize
 def missing_error(path: Path) -> CourseError:
     """'<dir> not found: <how to get it>', with the fix that fits the directory."""
     fix = "check the path"
-    for profile in PROFILES.values():
-        if path in (profile.model_dir, profile.chat_model_dir):
-            fix = ("build it with `make tiny`" if profile.name == "tiny" else
-                   "download it with `python -m helpers.download glm4-9b`, or set PROFILE = \"tiny\"")
+    for recipe in map(read_recipe, recipe_names()):
+        if path in (recipe.model_dir, recipe.chat_model_dir):
+            fix = ("build it with `make tiny`" if recipe.device == "cpu" else
+                   'download it with `python -m helpers.download glm4-9b`, or set RECIPE = "tiny"')
             break
     return CourseError(f"{shown(path)} not found: {fix}.")
 
 
-def check_device(profile: Profile, gpu=MACHINE) -> None:
-    """A CUDA profile needs a GPU with bf16 and enough memory for its estimate; 4-bit needs bitsandbytes.
-
-    ``gpu`` describes the machine (``gpu_info()``'s dict, or None); by default it is read from this one.
-    """
-    if profile.device == "cuda":
-        gpu = gpu_info() if gpu is MACHINE else gpu
-        if gpu is None:
-            raise CourseError(f"profile {profile.name} needs a CUDA GPU and none was found: "
-                              "set PROFILE = \"tiny\" (--profile tiny on the command line) to run on the CPU.")
-        if profile.dtype == "bfloat16" and not gpu["bf16"]:
-            raise CourseError(f"{gpu['name']} has no bf16, which GLM-4 needs to train (fp16 gives nan losses, "
-                              "zai-org/GLM-4 issue 96): use a GPU that has it (A100, RTX 30/40, H100), "
-                              "or set PROFILE = \"tiny\".")
-        need = estimate(profile)["total"]
-        if need > gpu["total_gb"]:
-            other = fitting_profile(gpu["total_gb"])
-            fix = (f"use --profile {other.name} (PROFILE = \"{other.name}\", about {estimate(other)['total']:.0f} GB)"
-                   if other else "use a larger GPU, several GPUs with configs/accelerate/zero3.yaml, or the tiny profile")
-            raise CourseError(f"profile {profile.name} needs about {need:.0f} GB of GPU memory but this GPU has "
-                              f"{gpu['total_gb']:.0f} GB: {fix}.")
-    if profile.load_in_4bit and importlib.util.find_spec("bitsandbytes") is None:
-        raise CourseError(f"profile {profile.name} loads 4-bit weights with bitsandbytes, which is not "
-                          "installed: run `.venv/bin/pip install -e \".[qlora]\"`.")
+def check_machine(recipe: Recipe, machine: dict | None = None) -> None:
+    """Refuse, in one sentence, a recipe that ``fits`` says this machine cannot run."""
+    reason = fits(recipe, machine)
+    if reason:
+        raise CourseError(reason + ".")
 
 
-def check_weights(profile: Profile, path=None) -> Path:
-    """The model directory (default: the profile's base), after checking it holds a model, a tokenizer
+def machine_recipe() -> Recipe:
+    """How this machine loads a model that came without a recipe: the 9B's settings (bf16 on the GPU) with a CUDA
+    GPU, tiny's (fp32 on the CPU) without."""
+    return read_recipe("glm4-9b" if gpu_info() else "tiny")
+
+
+def check_weights(recipe: Recipe, path=None) -> Path:
+    """The model directory (default: the recipe's base), after checking it holds a model, a tokenizer
     and a chat template."""
-    path = resolve(path) if path is not None else profile.model_dir
+    path = resolve(path) if path is not None else recipe.model_dir
     if not (path / "config.json").is_file():
         raise missing_error(path)
     if not (path / "tokenizer.json").is_file() and not (path / "tokenizer_config.json").is_file():
@@ -107,18 +92,17 @@ def check_output_dir(output_dir, resume: bool) -> Path | None:
     return None
 
 
-def preflight(profile: Profile, output_dir=None, resume: bool = False) -> Path | None:
-    """Every cheap check before a model loads: device, weights, and (when given) the output directory.
-    Returns the checkpoint to resume from, if any."""
-    check_device(profile)
-    check_weights(profile)
+def preflight(recipe: Recipe, output_dir=None, resume: bool = False) -> Path | None:
+    """Every cheap check before a model loads: this machine (``fits``), the weights, and (when given) the output
+    directory. Returns the checkpoint to resume from, if any."""
+    check_machine(recipe)
+    check_weights(recipe)
     return check_output_dir(output_dir, resume) if output_dir is not None else None
 
 
-def check_adapter(adapter_dir) -> tuple[Path, Profile]:
-    """The adapter's path and the profile it was trained with, after checking that it loads here: the
-    directory is an adapter, its base model is present, its shapes fit that base, and this machine has
-    the device."""
+def check_adapter(adapter_dir) -> tuple[Path, Recipe]:
+    """The adapter's path and the recipe it was trained with, after checking that it loads here: the
+    directory is an adapter, its base model is present, its shapes fit that base, and this machine can run it."""
     adapter_dir = resolve(adapter_dir)
     if not adapter_dir.is_dir():
         raise CourseError(f"{shown(adapter_dir)} does not exist: train one with `python -m helpers.train` "
@@ -127,28 +111,28 @@ def check_adapter(adapter_dir) -> tuple[Path, Profile]:
     if not config_file.is_file():
         hint = " (it holds a full model: use --model instead)" if (adapter_dir / "config.json").is_file() else ""
         raise CourseError(f"{shown(adapter_dir)} is not a LoRA adapter: it has no adapter_config.json{hint}.")
-    profile = Profile.load(adapter_dir)
-    if profile is None:  # an adapter made outside the course: its recorded base, loaded as this machine allows
+    recipe = Recipe.load(adapter_dir)
+    if recipe is None:  # an adapter made outside the course: its recorded base, loaded as this machine allows
         base = json.loads(config_file.read_text(encoding="utf-8")).get("base_model_name_or_path") or "(not recorded)"
-        profile = dataclasses.replace(machine_profile(), name="unknown", model_path=base)
-    if not profile.weights_present():
-        raise CourseError(f"the adapter's base model {profile.model_path} is missing: build or download it "
+        recipe = Recipe("unknown", {**machine_recipe(), "model_name_or_path": base})
+    if not recipe.weights_present():
+        raise CourseError(f"the adapter's base model {recipe['model_name_or_path']} is missing: build or download it "
                           "(`make tiny`, or `python -m helpers.download glm4-9b`) and run again.")
-    check_adapter_fits(adapter_dir, profile.model_dir)
-    check_device(profile)
-    return adapter_dir, profile
+    check_adapter_fits(adapter_dir, recipe.model_dir)
+    check_machine(recipe)
+    return adapter_dir, recipe
 
 
-def check_full_model(model_dir) -> tuple[Path, Profile]:
-    """A full (merged or plain) model directory and how to load it: its saved profile, or this machine's, never
+def check_full_model(model_dir) -> tuple[Path, Recipe]:
+    """A full (merged or plain) model directory and how to load it: its saved recipe, or this machine's, never
     4-bit (merged weights are plain); refused in one sentence when it is an adapter or not a model at all."""
     model_dir = resolve(model_dir)
     if (model_dir / "adapter_config.json").is_file() and not (model_dir / "config.json").is_file():
         raise CourseError(f"{shown(model_dir)} is a LoRA adapter, not a full model: use --adapter {shown(model_dir)}.")
-    profile = dataclasses.replace(Profile.load(model_dir) or machine_profile(), model_path=str(model_dir),
-                                  load_in_4bit=False)
-    check_weights(profile)
-    return model_dir, profile
+    recipe = (Recipe.load(model_dir) or machine_recipe()).replace(model_name_or_path=str(model_dir), load_in_4bit=False)
+    check_weights(recipe)
+    check_machine(recipe)
+    return model_dir, recipe
 
 
 def check_adapter_fits(adapter_dir: Path, base_dir: Path) -> None:

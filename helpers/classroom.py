@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 
 from helpers import REPO_ROOT, CourseError, resolve, run_cli, shown
+from helpers.families import FAMILIES
+from helpers.tiny import DEFAULT_OUT as TINY
 
 PLACEHOLDER = "# 在这里写你的答案"
-TINY = "weights/tiny-glm4"
-NINE_B = ("weights/glm-4-9b-hf", "weights/glm-4-9b-chat-hf")
+NINE_B = tuple(path for family in FAMILIES.values() for path in family.downloads)  # the released weights, if here
 
 
 def student_copy(notebook: dict) -> dict:

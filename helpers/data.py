@@ -2,10 +2,11 @@
 
 Taught in notebook 03. A row is an Alpaca row (``instruction``, ``input``, ``output``) or a
 conversation in GLM-4's ``messages`` format, as GLM-4's own fine-tuning demo writes it (data/README.md);
-a file may hold both. One loader for every source; the course's identity rows (data/identity_zh.json,
-what notebook 05 measures) join the training rows of any source:
+a file may hold both. One loader for every source. The course's identity rows (data/identity_zh.json, what
+notebook 05 measures) are a file of their own, which notebook 04 and the training command join to the sample
+(``concatenate_datasets``), and to a learner's own data only when asked:
 
-    load_alpaca("sample")                       # the sample's rows and conversations + the identity rows
+    load_alpaca("sample")                       # the sample's rows and conversations
     load_alpaca("sample", split="test")         # the fixed held-out rows and conversations
     load_alpaca("data/alpaca_gpt4_data_zh.json") # a local .json (list) or .jsonl file
     load_alpaca("llamafactory/alpaca_gpt4_zh")  # the full 42,677 rows from the Hugging Face hub
@@ -21,14 +22,15 @@ import json
 import sys
 from pathlib import Path
 
-from helpers import CourseError, resolve, run_cli
-from helpers.glm4 import ROLES
+from helpers import REPO_ROOT, CourseError, resolve, run_cli
+from helpers.families import GLM4
 
 FIELDS = ("instruction", "input", "output")
 FULL_DATA_ID = "llamafactory/alpaca_gpt4_zh"  # 42,677 rows; the same id on ModelScope
 SAMPLE = {"train": ("data/alpaca_zh_sample.json", "data/conversations_zh.jsonl"),
           "test": ("data/heldout_zh.json", "data/heldout_conversations_zh.jsonl")}
-IDENTITY = "data/identity_zh.json"  # who the assistant is: asked in new wordings by the held-out rows
+IDENTITY = REPO_ROOT / "data/identity_zh.json"  # who the assistant is: asked in new wordings by the held-out rows
+EVAL_DIR = REPO_ROOT / "data/eval"  # written apart from the training data, before any result was seen (data/README.md)
 
 
 class DataError(CourseError):
@@ -80,7 +82,7 @@ def conversation_problem(messages) -> str | None:
             return f"message {n} is {_a('JSON ' + type(message).__name__)}, not an object: write it as {{\"role\": ..., \"content\": ...}}"
         role, content = message.get("role"), message.get("content")
         where = f"message {n} ({role})"
-        if role not in ROLES:
+        if role not in GLM4.roles:
             return f"message {n} has the role {role!r}: use system, user, assistant or observation"
         if not isinstance(content, str):
             return f"{where}: 'content' is {_a(type(content).__name__)}, not a string: write it in quotes"
@@ -161,16 +163,15 @@ def in_test_split(row: dict, test_fraction: float) -> bool:
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") / 2**64 < test_fraction
 
 
-def load_alpaca(source: str = "sample", split: str = "train", test_fraction: float = 0.02,
-                drop_bad: bool = False, identity: bool = True):
+def load_alpaca(source: str = "sample", split: str = "train", test_fraction: float = 0.02, drop_bad: bool = False):
     """A ``datasets.Dataset`` of checked Alpaca rows from any source (see the module docstring).
 
     ``split`` is "train", "test" or "all". The sample has a fixed file for each; any other source
     is split by ``in_test_split``, so the held-out rows stay the same however the file is ordered.
-    With ``identity``, the identity rows join the "train" and "all" splits.
     """
     from datasets import Dataset
 
+    source = str(source)  # a path too
     if split not in ("train", "test", "all"):
         raise DataError(f"unknown split {split!r}: use 'train', 'test' or 'all'.")
     if source == "sample":
@@ -186,8 +187,6 @@ def load_alpaca(source: str = "sample", split: str = "train", test_fraction: flo
         rows = clean_rows(rows, source, drop_bad)
         if split != "all":
             rows = [r for r in rows if in_test_split(r, test_fraction) == (split == "test")]
-    if identity and split != "test" and source != IDENTITY:
-        rows += clean_rows(read_rows(IDENTITY), Path(IDENTITY).name)
     if any("messages" in row for row in rows):  # conversations among the rows: every row gets their columns
         rows = [{"messages": [], "tools": "", **row} for row in rows]
     return Dataset.from_list(rows)

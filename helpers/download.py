@@ -19,16 +19,8 @@ import urllib.error
 import urllib.request
 
 from helpers import CourseError, resolve, run_cli
-from helpers.glm4 import TEMPLATE_FILE, has_chat_template
-from helpers.profiles import PROFILES
+from helpers.families import FAMILIES, has_chat_template
 
-# profile -> part -> (Hugging Face id, ModelScope id, size in GB)
-MODELS = {
-    "glm4-9b": {
-        "base": ("THUDM/glm-4-9b-hf", "ZhipuAI/glm-4-9b-hf", 19.0),
-        "chat": ("THUDM/glm-4-9b-chat-hf", "ZhipuAI/glm-4-9b-chat-hf", 19.0),
-    },
-}
 PROBE_TIMEOUT = 5.0  # seconds to wait for the source to answer before giving up
 
 
@@ -65,18 +57,29 @@ def check_source(source: str) -> None:
                           f"check the network, {hint}, or copy the weights into weights/ by hand.")
 
 
-def download(profile: str = "glm4-9b", source: str = "hf", only: str | None = None) -> list:
-    """Fetch the profile's models into the directories its profile names; returns them."""
-    if profile not in MODELS:
-        raise CourseError(f"nothing to download for {profile!r}: choose {', '.join(MODELS)} "
+def models(name: str) -> dict:
+    """The downloadable models of a family, by part: {"base" | "chat": (directory, Hugging Face id, ModelScope id, GB,
+    the family's chat template)},
+    from its entry in helpers/families.py (the base first, then the chat model)."""
+    found = [f for f in FAMILIES.values() if f.download_name == name]
+    if not found:
+        raise CourseError(f"nothing to download for {name!r}: choose "
+                          f"{', '.join(f.download_name for f in FAMILIES.values() if f.download_name)} "
                           "(the tiny model is built locally with `make tiny`).")
-    parts = {k: v for k, v in MODELS[profile].items() if only in (None, k)}
-    dirs = {"base": PROFILES[profile].model_dir, "chat": PROFILES[profile].chat_model_dir}
+    template = found[0].chat_template
+    return {part: (resolve(path), *ids, template) for part, (path, ids) in zip(("base", "chat"), found[0].downloads.items())}
+
+
+def download(name: str = "glm4-9b", source: str = "hf", only: str | None = None) -> list:
+    """Fetch a family's released models into weights/ (``only``: "base" or "chat"); returns their directories."""
+    found = models(name)
+    parts = {k: v[1:4] for k, v in found.items() if only in (None, k)}
+    dirs, template = {k: v[0] for k, v in found.items()}, found["base"][4]
     todo = {k: v for k, v in parts.items() if not (dirs[k] / "config.json").is_file()
             or not any(dirs[k].glob("*.safetensors"))}
     for part in set(parts) - set(todo):
         print(f"{dirs[part]} is already here")
-        add_chat_template(dirs[part])
+        add_chat_template(dirs[part], template)
     if not todo:
         return [dirs[k] for k in parts]
 
@@ -106,27 +109,27 @@ def download(profile: str = "glm4-9b", source: str = "hf", only: str | None = No
         except Exception as err:
             raise CourseError(f"downloading {target.name} stopped ({type(err).__name__}: "
                               f"{str(err).splitlines()[0][:160]}): run the same command again to resume.") from None
-        add_chat_template(target)
+        add_chat_template(target, template)
     return [dirs[k] for k in parts]
 
 
-def add_chat_template(model_dir) -> bool:
+def add_chat_template(model_dir, template) -> bool:
     """Give a model directory whose tokenizer has no chat template GLM-4-9B-chat's own, so base and chat
     models render conversations the same way; returns whether one was added."""
     if has_chat_template(model_dir):
         return False
-    shutil.copyfile(TEMPLATE_FILE, model_dir / "chat_template.jinja")
+    shutil.copyfile(template, model_dir / "chat_template.jinja")
     print(f"added GLM-4's chat template to {model_dir}")
     return True
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.download", description=__doc__.split("\n")[0])
-    parser.add_argument("profile", choices=sorted(MODELS))
+    parser.add_argument("name", choices=sorted(f.download_name for f in FAMILIES.values() if f.download_name))
     parser.add_argument("--source", choices=("hf", "modelscope"), default="hf")
     parser.add_argument("--only", choices=("base", "chat"), help="download just one of the two models")
     args = parser.parse_args(argv)
-    download(args.profile, args.source, args.only)
+    download(args.name, args.source, args.only)
     return 0
 
 

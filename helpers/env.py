@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from importlib import metadata
 
 from helpers import REPO_ROOT, resolve, run_cli
-from helpers.download import MODELS, hub_reachable
-from helpers.memory import estimate, gpu_info
-from helpers.profiles import PROFILES, auto_profile, fitting_profile
+from helpers.download import hub_reachable
+from helpers.families import FAMILIES
+from helpers.machine import choose, estimate, fits, gpu_info, gpu_recipes
+from helpers.recipes import read_recipe, recipe_names
 from helpers.tracking import swanlab_state
 
 HUBS = {
@@ -67,34 +68,36 @@ def check_versions() -> list[Check]:
 
 
 def check_gpu() -> list[Check]:
-    """CUDA device, its memory and bf16 support."""
+    """CUDA device, its memory and bf16 support, and the largest GPU recipe they fit (``helpers.machine.fits``)."""
     gpu = gpu_info()
     if gpu is None:
-        return [Check("cuda", "warn", "no CUDA GPU: the tiny profile runs on the CPU")]
-    fits = fitting_profile(gpu["total_gb"], gpu["bf16"])
-    advice = (f"fits profile {fits.name} (needs about {estimate(fits)['total']:.0f} GB)" if fits
-              else "too small for the 9B profiles: use tiny, or several GPUs (configs/accelerate/zero3.yaml)")
+        return [Check("cuda", "warn", "no CUDA GPU: the tiny recipe runs on the CPU")]
+    on_this_gpu = {"gpu": gpu, "bitsandbytes": True}  # the GPU alone: packages and weights are rows of their own
+    reasons = {recipe.name: fits(recipe, on_this_gpu) for recipe in gpu_recipes()}
+    fitting = [name for name, reason in reasons.items() if reason is None]
+    advice = (f"fits recipe {fitting[0]} (needs about {estimate(read_recipe(fitting[0]))['total']:.0f} GB)" if fitting
+              else list(reasons.values())[-1])
     return [
         Check("cuda", "ok", f"{gpu['count']} x {gpu['name']} (compute capability {gpu['capability']})"),
-        Check("gpu memory", "ok" if fits else "warn", f"{gpu['total_gb']:.1f} GB on GPU 0: {advice}"),
-        Check("bf16", "ok" if gpu["bf16"] else "warn",
-              "supported" if gpu["bf16"] else "not supported: GLM-4 training needs bf16 (T4 and V100 lack it)"),
+        Check("gpu memory", "ok" if fitting else "warn", f"{gpu['total_gb']:.1f} GB on GPU 0: {advice}"),
+        Check("bf16", "ok" if gpu["bf16"] else "warn", "supported" if gpu["bf16"] else
+              "not supported: the course trains GLM-4 in bf16 only (T4 and V100 lack it)"),
     ]
 
 
 def check_weights() -> list[Check]:
-    """Free disk for the 9B weights, and which models are already in weights/."""
+    """Free disk for the downloadable weights still missing, and which models of the recipes are in weights/."""
     weights = resolve("weights")
     free_gb = shutil.disk_usage(weights if weights.exists() else REPO_ROOT).free / 1024**3
-    dirs = {"base": PROFILES["glm4-9b"].model_dir, "chat": PROFILES["glm4-9b"].chat_model_dir}
-    need = sum(size for part, (_, _, size) in MODELS["glm4-9b"].items() if not (dirs[part] / "config.json").exists())
+    downloads = {path: size for f in FAMILIES.values() for path, (_, _, size) in f.downloads.items()}
+    need = sum(size for path, size in downloads.items() if not (resolve(path) / "config.json").exists())
     checks = [Check("disk", "ok" if free_gb >= need else "warn",
                     f"{free_gb:.0f} GB free; the 9B weights still missing need {need:.0f} GB")]
-    paths = {path: profile.name for profile in PROFILES.values()  # the QLoRA profile shares the 9B's
-             for path in filter(None, [profile.model_path, profile.chat_model_path])}
-    for path, name in paths.items():
+    paths = {path: recipe for recipe in map(read_recipe, recipe_names())  # the QLoRA recipe shares the 9B's
+             for path in filter(None, [recipe["model_name_or_path"], recipe.get("chat_model_path")])}
+    for path, recipe in paths.items():
         present = (resolve(path) / "config.json").is_file()
-        fix = "make tiny" if name == "tiny" else "python -m helpers.download glm4-9b"
+        fix = "make tiny" if recipe.device == "cpu" else "python -m helpers.download glm4-9b"
         checks.append(Check(path, "ok" if present else "warn", "present" if present else f"missing: {fix}"))
     return checks
 
@@ -117,15 +120,15 @@ def check_tracking() -> list[Check]:
     return [Check("swanlab", "ok", f"{mode} mode: {why}")]
 
 
-def check_profile() -> list[Check]:
-    profile, reason = auto_profile()
-    return [Check("profile", "ok", f"{profile.name}: {reason}")]
+def check_recipe() -> list[Check]:
+    recipe, reason = choose()
+    return [Check("recipe", "ok", f"{recipe.name}: {reason}")]
 
 
 def run_checks(timeout: float = 3.0) -> list[Check]:
     """Every check notebook 00 shows, in its order."""
     return (check_versions() + check_gpu() + check_weights() + check_hubs(timeout)
-            + check_tracking() + check_profile())
+            + check_tracking() + check_recipe())
 
 
 def checks_table(checks: list[Check]):

@@ -22,31 +22,32 @@ import json
 import os
 import shutil
 import socket
-from dataclasses import replace
 from pathlib import Path
 
 from peft import PeftModel
 from transformers import AutoTokenizer
 
 from helpers import CourseError, run_cli, shown
-from helpers.checks import check_adapter, check_device, check_full_model
-from helpers.glm4 import END_TOKENS, ROLES
+from helpers.checks import check_adapter, check_full_model, check_machine
+from helpers.families import GLM4, family
 from helpers.models import load_model
-from helpers.profiles import Profile
+from helpers.recipes import Recipe
 
 
+# ---- #@save from notebooks/06_serving.ipynb: merge_adapter, request_problem (make sync writes this block) ----
 def merge_adapter(adapter_dir, merged_dir):  #@save
     """Base + adapter merged into one plain model, saved with its tokenizer and a generation_config that stops
     on GLM-4's three end ids. Merged on the CPU at full precision (a QLoRA base too), as in notebook 05."""
-    adapter_dir, profile = check_adapter(adapter_dir)
-    full = replace(profile, device="cpu", load_in_4bit=False)  # merging into 4-bit weights would lose the update
+    adapter_dir, recipe = check_adapter(adapter_dir)
+    full = recipe.replace(use_cpu=True, load_in_4bit=False)  # merging into 4-bit weights would lose the update
     model = PeftModel.from_pretrained(load_model(full), adapter_dir).merge_and_unload()
     tokenizer = AutoTokenizer.from_pretrained(adapter_dir)  # with the chat template it was trained on
-    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(list(END_TOKENS))  # all three
+    end_tokens = family(recipe["family"]).end_tokens  # GLM-4: <|endoftext|>, <|user|>, <|observation|>
+    model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids(list(end_tokens))  # all three
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(merged_dir)  # config, weights and generation_config.json
     tokenizer.save_pretrained(merged_dir)
-    replace(profile, load_in_4bit=False).save(merged_dir)  # how it was made, and its dtype and device
+    recipe.replace(load_in_4bit=False).save(merged_dir)  # recipe.yaml: how it was made, its dtype and device
     return Path(merged_dir)
 
 
@@ -57,33 +58,48 @@ def request_problem(body):  #@save
     if not isinstance(messages, list) or not messages:
         return f"'messages' must be a non-empty list of messages, {example}"
     for n, message in enumerate(messages, 1):
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
-            return f"message {n} needs a 'role' among {', '.join(ROLES)} (GLM-4's roles), {example}"
+        if not isinstance(message, dict) or message.get("role") not in GLM4.roles:
+            return f"message {n} needs a 'role' among {', '.join(GLM4.roles)} (GLM-4's roles), {example}"
         if not isinstance(message.get("content"), (str, list)):
             return f"message {n} needs a 'content' that is a string, {example}"
     limit = body.get("max_tokens", body.get("max_completion_tokens", 1))
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
         return f"'max_tokens' must be a whole number of at least 1, not {limit!r}"
     return None
+# ---- end of #@save ----
 
 
-def stops_on_end_ids(model_dir: Path) -> bool:
-    """Whether a model directory's generation_config.json stops on all three GLM-4 end ids."""
+def context_problem(body, tokenizer, context: int):
+    """Whether a well-formed request fits the model's context: its prompt, plus ``max_tokens`` when given, at most
+    ``context`` tokens. One sentence naming both numbers, as vLLM and OpenAI answer (400), or None when it fits."""
+    try:
+        prompt = len(tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True)["input_ids"])
+    except Exception:  # content the template cannot render (parts, images): transformers' own handler answers it
+        return None
+    answer = body.get("max_tokens", body.get("max_completion_tokens")) or 0
+    if prompt + max(answer, 1) <= context:
+        return None
+    return (f"the request needs {prompt + answer} tokens ({prompt} in the messages, {answer} for the answer) but the "
+            f"model's context is {context} tokens: shorten the messages{' or lower max_tokens' if answer else ''}.")
+
+
+def stops_on_end_ids(model_dir: Path, end_tokens) -> bool:
+    """Whether a model directory's generation_config.json stops on all of its family's end ids (GLM-4's three)."""
     path = model_dir / "generation_config.json"
     if not path.is_file():
         return False
-    ends = set(AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids(list(END_TOKENS)))
+    ends = set(AutoTokenizer.from_pretrained(model_dir).convert_tokens_to_ids(list(end_tokens)))
     eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id")
     return ends <= set(eos if isinstance(eos, list) else [eos])
 
 
 def merged_for(adapter_dir) -> Path:
     """``<adapter>-merged`` beside the adapter (notebook 05 writes the same), merged again when the adapter is newer."""
-    adapter_dir, _ = check_adapter(adapter_dir)
+    adapter_dir, recipe = check_adapter(adapter_dir)
     merged = adapter_dir.parent / f"{adapter_dir.name}-merged"
     weights = merged / "model.safetensors"
     fresh = weights.is_file() and weights.stat().st_mtime >= (adapter_dir / "adapter_model.safetensors").stat().st_mtime
-    if fresh and stops_on_end_ids(merged):
+    if fresh and stops_on_end_ids(merged, family(recipe["family"]).end_tokens):
         print(f"using {shown(merged)}, merged from {shown(adapter_dir)}")
     else:
         print(f"merging {shown(adapter_dir)} into {shown(merged)} ...", flush=True)
@@ -91,14 +107,15 @@ def merged_for(adapter_dir) -> Path:
     return merged
 
 
-def check_model(model_dir) -> tuple[Path, Profile]:
-    """A full model directory that a server can stop on, and its profile (see ``check_full_model``)."""
-    model_dir, profile = check_full_model(model_dir)
-    if not stops_on_end_ids(model_dir):
+def check_model(model_dir) -> tuple[Path, Recipe]:
+    """A full model directory that a server can stop on, and its recipe (see ``check_full_model``)."""
+    model_dir, recipe = check_full_model(model_dir)
+    end_tokens = family(recipe["family"]).end_tokens
+    if not stops_on_end_ids(model_dir, end_tokens):
         raise CourseError(f"{shown(model_dir)}/generation_config.json does not list GLM-4's three end ids, so every "
                           "answer would run to max_tokens: serve the adapter with --adapter, which merges it again "
-                          "with them, or set its eos_token_id to the ids of " + ", ".join(END_TOKENS) + ".")
-    return model_dir, profile
+                          "with them, or set its eos_token_id to the ids of " + ", ".join(end_tokens) + ".")
+    return model_dir, recipe
 
 
 def port_free(host: str, port: int) -> bool:
@@ -118,10 +135,13 @@ def serve_transformers(model_dir: Path, host: str, port: int, device: str) -> No
     from transformers.cli.serve import Serve
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
 
+    from transformers import AutoConfig
+
     handle = ChatCompletionHandler.handle_request
+    tokenizer, context = AutoTokenizer.from_pretrained(model_dir), AutoConfig.from_pretrained(model_dir).max_position_embeddings
 
     async def checked(self, body, request_id):  # before transformers' own handler: a bad request is the client's
-        problem = request_problem(body)
+        problem = request_problem(body) or context_problem(body, tokenizer, context)
         if problem:
             raise HTTPException(status_code=400, detail=problem)
         return await handle(self, body, request_id)
@@ -139,15 +159,15 @@ def main(argv=None) -> int:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--engine", choices=("auto", "transformers", "vllm"), default="auto",
                         help="auto: vLLM on a GPU when a `vllm` command is on PATH, else transformers")
-    parser.add_argument("--device", help="cpu or cuda; default: the model's profile")
+    parser.add_argument("--device", help="cpu or cuda; default: the model's recipe")
     args = parser.parse_args(argv)
     if (args.adapter is None) == (args.model is None):
         raise CourseError("give either --adapter DIR (merged, then served) or --model DIR (a merged model).")
     if not port_free(args.host, args.port):
         raise CourseError(f"port {args.port} is in use (another server?): stop it, or choose another with --port.")
-    model_dir, profile = check_model(merged_for(args.adapter) if args.adapter else args.model)
-    device = args.device or profile.device
-    check_device(replace(profile, device=device))
+    model_dir, recipe = check_model(merged_for(args.adapter) if args.adapter else args.model)
+    device = args.device or recipe.device
+    check_machine(recipe.replace(use_cpu=device == "cpu"))
     vllm = shutil.which("vllm") is not None  # the command, from any environment on PATH (vLLM pins its own torch)
     engine = args.engine if args.engine != "auto" else ("vllm" if device == "cuda" and vllm else "transformers")
     if engine == "vllm":

@@ -1,48 +1,15 @@
-"""The LoRA SFT recipe: PEFT's LoraConfig, TRL's SFTConfig, and two training callbacks.
+"""The two training callbacks of notebook 04: prediction samples during training, and a stop on nan.
 
-Taught in notebook 04, where each of these is written; ``python -m helpers.train`` builds its
-run from the same functions, so the notebook and the command line train the same way.
+Taught in notebook 04, where they are written; ``python -m helpers.train`` trains with the same callbacks.
 """
 
 import math
 
 import swanlab
 import torch
-from peft import LoraConfig
 from transformers import TrainerCallback
-from trl import SFTConfig
 
-
-def lora_config(profile):  #@save
-    """PEFT's LoraConfig from the profile: which linear layers get a low-rank update, and how large."""
-    return LoraConfig(
-        r=profile.lora_r,  # rank of the update B @ A (usual 4-64)
-        lora_alpha=profile.lora_alpha,  # the update is scaled by alpha / r
-        lora_dropout=profile.lora_dropout,  # dropout on the LoRA branch's input only (usual 0-0.1)
-        target_modules=list(profile.lora_target_modules),  # GLM-4 names: there is no gate_proj or up_proj
-        task_type="CAUSAL_LM",
-    )
-
-
-def sft_config(profile, output_dir, report_to="none"):  #@save
-    """TRL's SFTConfig from the profile: batch, learning rate and schedule, length, precision, checkpoints."""
-    return SFTConfig(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=profile.batch_size, per_device_eval_batch_size=profile.batch_size,
-        gradient_accumulation_steps=profile.grad_accum,  # effective batch = batch x accumulation x GPUs
-        learning_rate=profile.learning_rate, lr_scheduler_type="cosine", warmup_steps=0.05,  # 5% of the steps
-        num_train_epochs=profile.num_epochs, max_steps=profile.max_steps,  # max_steps > 0 overrides the epochs
-        max_length=profile.max_length,  # not max_seq_length: today's TRL removed it
-        packing=profile.packing, packing_strategy="bfd",  # whole examples in rows of max_length, no padding
-        eval_strategy="steps", eval_steps=profile.eval_steps,
-        save_strategy="steps", save_steps=profile.save_steps,
-        logging_steps=profile.logging_steps, logging_nan_inf_filter=False,  # show a nan loss as nan
-        bf16=profile.dtype == "bfloat16", use_cpu=profile.device == "cpu",  # GLM-4 trains in bf16, never fp16
-        activation_checkpointing=profile.activation_checkpointing,  # recompute in backward: less memory, more time
-        report_to=report_to, seed=profile.seed, data_seed=profile.seed,
-    )
-
-
+# ---- #@save from notebooks/04_lora_sft.ipynb: PredictionCallback, TrainingDiverged, DivergenceCallback (make sync writes this block) ----
 class PredictionCallback(TrainerCallback):  #@save
     """At every evaluation, answers a few fixed questions (greedy) and keeps the answers, so you see what is learned."""
 
@@ -88,3 +55,4 @@ class DivergenceCallback(TrainerCallback):  #@save
             if key in (logs or {}) and not math.isfinite(logs[key]):
                 raise TrainingDiverged(f"{key} became {logs[key]} at step {state.global_step}: lower the learning "
                                        f"rate (now {args.learning_rate:g}) and resume from the last checkpoint.")
+# ---- end of #@save ----

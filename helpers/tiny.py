@@ -26,7 +26,7 @@ from pathlib import Path
 
 from helpers import CourseError, resolve, run_cli, shown
 from helpers.data import clean_rows, read_rows
-from helpers.glm4 import END_TOKENS, SPECIAL_TOKENS, TEMPLATE_FILE
+from helpers.families import GLM4
 
 DEFAULT_OUT = "weights/tiny-glm4"
 # GLM-4's pre-tokenizer split: letters, up to 3 digits, punctuation runs, newlines, spaces.
@@ -72,7 +72,7 @@ def build_tokenizer(texts: list[str], model_max_length: int):
     trainer = trainers.BpeTrainer(vocab_size=BPE_VOCAB, min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in GLM4.special_tokens])
     prefix = [("[gMASK]", tok.token_to_id("[gMASK]")), ("<sop>", tok.token_to_id("<sop>"))]
     tok.post_processor = processors.TemplateProcessing(
         single="[gMASK]:0 <sop>:0 $A:0", pair="[gMASK]:0 <sop>:0 $A:0 $B:1", special_tokens=prefix)
@@ -81,12 +81,12 @@ def build_tokenizer(texts: list[str], model_max_length: int):
         tokenizer_object=tok,
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",  # GLM-4: pad = eos, so never mask labels by pad id
-        extra_special_tokens=list(SPECIAL_TOKENS),
+        extra_special_tokens=list(GLM4.special_tokens),
         model_max_length=model_max_length,
         padding_side="left",
         clean_up_tokenization_spaces=False,
     )
-    tokenizer.chat_template = TEMPLATE_FILE.read_text(encoding="utf-8")
+    tokenizer.chat_template = GLM4.chat_template.read_text(encoding="utf-8")
     return tokenizer
 
 
@@ -94,7 +94,7 @@ def build_model(tokenizer):
     """An untrained ``GlmForCausalLM`` of GLM-4's structure at the tiny shape."""
     from transformers import GenerationConfig, GlmConfig, GlmForCausalLM
 
-    ids = [tokenizer.convert_tokens_to_ids(t) for t in END_TOKENS]
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in GLM4.end_tokens]
     pad = tokenizer.pad_token_id
     config = GlmConfig(
         vocab_size=math.ceil(len(tokenizer) / 64) * 64,  # padded like GLM-4's 151,552

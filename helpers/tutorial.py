@@ -1,13 +1,13 @@
 """Run every notebook in order, headless, and report how each went (``make tutorial``).
 
-Executed copies go to runs/ (runs/PROFILE/ with --all-profiles), with the adapter notebook 04 trains
+Executed copies go to runs/ (runs/RECIPE/ with --all-recipes), with the adapter notebook 04 trains
 in runs/.../adapter, replaced on every run, so the command can run again and again; the source
 notebooks are never modified. A failed notebook stops the series (later ones build on it), and the
 table says which one and where its copy is. A progress bar shows the cell a notebook has reached.
 
-    python -m helpers.tutorial                    # all notebooks, profile chosen by the machine
-    python -m helpers.tutorial --profile tiny --only 00 01
-    python -m helpers.tutorial --all-profiles     # every profile this machine can run: check a classroom machine
+    python -m helpers.tutorial                    # all notebooks, the recipe chosen by the machine
+    python -m helpers.tutorial --recipe tiny --only 00 01
+    python -m helpers.tutorial --all-recipes      # every recipe this machine can run: check a classroom machine
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def run_notebook(path, out_dir, parameters: dict, timeout: int = 3600, progress:
     except pm.PapermillExecutionError as err:
         status = f"failed: {err.ename}: {str(err.evalue).splitlines()[0][:120] if err.evalue else ''}"
     except DeadKernelError:  # usually the system killed it for memory: the series stops here, said in one line
-        status = "failed: the kernel died, most often out of memory: close other notebooks, or use a smaller profile"
+        status = "failed: the kernel died, most often out of memory: close other notebooks, or use a smaller recipe"
     return status, time.perf_counter() - start, out
 
 
@@ -59,34 +59,47 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def runnable_profiles() -> list[str]:
-    """The profiles this machine can run now: tiny, and each GPU profile whose device, memory and weights are here."""
+def runnable_recipes() -> list[str]:
+    """The recipes this machine can run now (``helpers.machine.fits``) whose weights are here: tiny, and each GPU
+    recipe that passes the same checks notebook 04 runs first."""
     from helpers.checks import preflight
-    from helpers.profiles import PROFILES
+    from helpers.recipes import read_recipe, recipe_names
 
     names = []
-    for name, profile in PROFILES.items():
+    for name in sorted(recipe_names(), key=lambda name: name != "tiny"):  # tiny first: it runs anywhere
         try:
-            preflight(profile)
+            preflight(read_recipe(name))
             names.append(name)
         except CourseError as err:
             print(f"not running {name}: {err}")
     return names
 
 
-def run_series(profile: str, out, only=None) -> tuple[list, bool]:
-    """Every notebook for one profile, the adapter in out/adapter; returns the table's rows and whether all ran."""
+# what a headless run of notebook 05 types into its chat box (in JupyterLab, a person types instead)
+CHAT_SCRIPT = ["你好，你叫什么名字？", "你是哪个实验室训练的？", "/reset", "你能帮我做些什么？"]
+
+
+def series_parameters(recipe: str, out) -> dict:
+    """What papermill writes into each notebook of a series. Paths are from the repository root, as the notebooks
+    take them, so the copies handed to students name no machine's folders (the merged model goes beside the adapter,
+    the notebooks' default); 06's server gets a free port."""
+    adapter = shown(resolve(out) / "adapter")
+    return {"RECIPE": recipe, "OUTPUT_DIR": adapter, "ADAPTER_DIR": adapter, "PORT": free_port(),
+            "CHAT_SCRIPT": CHAT_SCRIPT}
+
+
+def run_series(recipe: str, out, only=None) -> tuple[list, bool]:
+    """Every notebook for one recipe, the adapter in out/adapter; returns the table's rows and whether all ran."""
     out, chosen = resolve(out), notebooks(only)  # an unknown --only is refused before anything is removed
     for own in ("adapter", "adapter-merged", "adapter-merged-one-end-id", "serve-logs"):  # this runner's own results: replaced, so the series can run again
         shutil.rmtree(out / own, ignore_errors=True)
-    parameters = {"PROFILE": profile, "OUTPUT_DIR": str(out / "adapter"), "ADAPTER_DIR": str(out / "adapter"),
-                  "MERGED_DIR": str(out / "adapter-merged"), "PORT": free_port()}  # 06's server: never a busy port
+    parameters = series_parameters(recipe, out)
     rows, failed = [], False
     for nb in chosen:
         if failed:
             rows.append((nb.name, "skipped: an earlier notebook failed", 0.0, "-"))
             continue
-        print(f"running {nb.name} ({profile}) ...", flush=True)
+        print(f"running {nb.name} ({recipe}) ...", flush=True)
         status, seconds, executed = run_notebook(nb, out, parameters, progress=True)
         failed = status != "ok"
         rows.append((nb.name, status, seconds, shown(executed)))
@@ -95,16 +108,16 @@ def run_series(profile: str, out, only=None) -> tuple[list, bool]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.tutorial", description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="auto", help="auto, tiny, glm4-9b or glm4-9b-qlora (default auto)")
-    parser.add_argument("--all-profiles", action="store_true", help="run the series for every profile this machine can")
+    parser.add_argument("--recipe", default="auto", help="auto, or a recipe in configs/: tiny, glm4-9b, glm4-9b-qlora")
+    parser.add_argument("--all-recipes", action="store_true", help="run the series for every recipe this machine can")
     parser.add_argument("--only", nargs="*", help="notebook numbers to run, such as 00 03")
     parser.add_argument("--out", default="runs", help="where executed copies go (default runs/)")
     args = parser.parse_args(argv)
 
-    series = {name: f"{args.out}/{name}" for name in runnable_profiles()} if args.all_profiles else {args.profile: args.out}
+    series = {name: f"{args.out}/{name}" for name in runnable_recipes()} if args.all_recipes else {args.recipe: args.out}
     rows, ok = [], True
-    for profile, out in series.items():
-        done, passed = run_series(profile, out, args.only)
+    for recipe, out in series.items():
+        done, passed = run_series(recipe, out, args.only)
         rows += done
         ok &= passed
     header = ("notebook", "status", "seconds", "executed copy")

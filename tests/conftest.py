@@ -41,6 +41,18 @@ def tokenizer(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def training_tokenizer(tiny_dir):
+    """The tiny tokenizer with GLM-4's training chat template, as notebook 04 and the training command set it."""
+    from transformers import AutoTokenizer
+
+    from helpers.families import GLM4
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    tokenizer.chat_template = GLM4.training_template.read_text(encoding="utf-8")
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
 def model(tiny_dir):
     from transformers import AutoModelForCausalLM
 
@@ -55,6 +67,11 @@ def run_module(*args, env=None, timeout=120, input=None):
             del full_env[key]
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO_ROOT, env=full_env, input=input,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def labels_of(example):
+    """An example's labels as TRL builds them from its assistant mask: the token where the mask is 1, else -100."""
+    return [token if bit else -100 for token, bit in zip(example["input_ids"], example["assistant_masks"])]
 
 
 def run_main(main, *args):
@@ -149,7 +166,7 @@ def nb04(tmp_path_factory, tiny_dir):
     out_dir = tmp_path_factory.mktemp("nb04")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SWANLAB_LOG_DIR", str(out_dir / "swanlog"))  # the kernel inherits the environment
-        run = execute("04_lora_sft.ipynb", out_dir, PROFILE="tiny", OUTPUT_DIR=str(out_dir / "adapter"),
+        run = execute("04_lora_sft.ipynb", out_dir, RECIPE="tiny", OUTPUT_DIR=str(out_dir / "adapter"),
                       TRACKING="local")
     assert run.status == "ok", run.status
     run.adapter, run.dir = out_dir / "adapter", out_dir
@@ -170,13 +187,16 @@ def random_adapter(tmp_path_factory, tiny_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from helpers.profiles import get_profile
+    from helpers.families import GLM4
+    from helpers.recipes import read_recipe
 
     out = tmp_path_factory.mktemp("random-adapter") / "adapter"
-    profile = get_profile("tiny", output_dir=str(out))
-    config = LoraConfig(r=profile.lora_r, lora_alpha=profile.lora_alpha, target_modules=list(profile.lora_target_modules),
+    recipe = read_recipe("tiny", output_dir=str(out))
+    config = LoraConfig(r=recipe["lora_r"], lora_alpha=recipe["lora_alpha"], target_modules=recipe["lora_target_modules"],
                         task_type="CAUSAL_LM", init_lora_weights=False)
     get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(tiny_dir).save_pretrained(out)
-    profile.save(out)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    tokenizer.chat_template = GLM4.training_template.read_text(encoding="utf-8")  # as training saves it
+    tokenizer.save_pretrained(out)
+    recipe.save(out)
     return out

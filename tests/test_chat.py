@@ -34,18 +34,19 @@ def test_bad_directories_are_refused_in_one_sentence(args, message):
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
-def moved(adapter, tmp_path, **profile_changes):
-    """A copy of the adapter whose profile.json says something else."""
+def moved(adapter, tmp_path, **changes):
+    """A copy of the adapter whose recipe.yaml says something else."""
+    from helpers.recipes import Recipe
+
     copy = tmp_path / "adapter"
     shutil.copytree(adapter, copy)
-    saved = json.loads((copy / "profile.json").read_text(encoding="utf-8"))
-    (copy / "profile.json").write_text(json.dumps({**saved, **profile_changes}), encoding="utf-8")
+    Recipe.load(copy).replace(**changes).save(copy)
     return copy
 
 
 def test_adapter_whose_base_is_missing(random_adapter, tmp_path):
     with pytest.raises(CourseError, match="base model weights/not-built-yet is missing"):
-        check_adapter(moved(random_adapter, tmp_path, model_path="weights/not-built-yet"))
+        check_adapter(moved(random_adapter, tmp_path, model_name_or_path="weights/not-built-yet"))
 
 
 def test_adapter_trained_on_another_base_is_refused_before_loading(random_adapter, tmp_path, tiny_dir):
@@ -58,17 +59,17 @@ def test_adapter_trained_on_another_base_is_refused_before_loading(random_adapte
     for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(tiny_dir / name, other / name)
     with pytest.raises(CourseError, match=r"does not fit .*needs \[16, \d+\], the adapter has \[16, \d+\]\): it was trained on another base model"):
-        check_adapter(moved(random_adapter, tmp_path, model_path=str(other)))
+        check_adapter(moved(random_adapter, tmp_path, model_name_or_path=str(other)))
 
 
 def test_merged_model_answers_exactly_as_base_plus_adapter(random_adapter, tmp_path):
-    model, tokenizer, profile = load_adapter(random_adapter)
+    model, tokenizer, recipe = load_adapter(random_adapter)
     messages = [{"role": "user", "content": "你是谁？"}]
     expected = reply(model, tokenizer, messages, max_new_tokens=24)
     merged_dir = tmp_path / "merged"
     model.merge_and_unload().save_pretrained(merged_dir)
     tokenizer.save_pretrained(merged_dir)
-    profile.save(merged_dir)
+    recipe.save(merged_dir)
     result = run_module("helpers.chat", "--model", str(merged_dir), "--max-new-tokens", "24", input="你是谁？\n")
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split("assistant> ", 1)[1].strip().startswith(expected[0])
@@ -162,7 +163,7 @@ def test_generation_never_runs_past_the_positions(short_context, tokenizer):
     prompt = len(tokenizer.apply_chat_template([{"role": "user", "content": "请写一篇很长的文章。"}],
                                                 add_generation_prompt=True)["input_ids"])
     assert len(tokenizer(answer, add_special_tokens=False)["input_ids"]) <= 64 - prompt + 2  # capped at the room left
-    with pytest.raises(ValueError, match="a prompt among conversations 1-16 is longer than the model's context of 64"):
+    with pytest.raises(ValueError, match="a prompt among conversations 1-32 is longer than the model's context of 64"):
         reply_batch(short_context, tokenizer, [[{"role": "user", "content": "长城" * 60}]], max_new_tokens=4)
 
 

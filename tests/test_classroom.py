@@ -33,12 +33,12 @@ def test_student_copies_run(tmp_path, adapter):
     """Each copy runs once under papermill, up to and through its blank exercises (04 and 05 kept short; 05 and 06
     load the adapter of notebook 04's default run, never whatever lies in outputs/)."""
     copies = write_student_copies(tmp_path / "student")
-    settings = {"04": dict(PROFILE="tiny", OUTPUT_DIR=str(tmp_path / "adapter"), MAX_STEPS=2, TRACKING="disabled"),
+    settings = {"04": dict(RECIPE="tiny", OUTPUT_DIR=str(tmp_path / "adapter"), MAX_STEPS=2, TRACKING="disabled"),
                 "05": dict(ADAPTER_DIR=str(adapter), MERGED_DIR=str(tmp_path / "merged"), HELDOUT_LIMIT=1,
                            MAX_NEW_TOKENS=32, CHAT_SCRIPT=["你好"]),
                 "06": dict(ADAPTER_DIR=str(adapter), MERGED_DIR=str(tmp_path / "merged-06"), PORT=free_port())}
     for copy in copies:
-        run = execute(copy, tmp_path / copy.stem, **settings.get(copy.name[:2], {"PROFILE": "tiny"}))
+        run = execute(copy, tmp_path / copy.stem, **settings.get(copy.name[:2], {"RECIPE": "tiny"}))
         assert run.status == "ok", (copy.name, run.status)
         assert run.record is not None and run.stderr == []
 

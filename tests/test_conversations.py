@@ -5,9 +5,9 @@ import re
 
 import pytest
 
+from conftest import labels_of, run_module
 from helpers.data import DataError, check_rows, in_test_split, load_alpaca, read_rows
 from helpers.formatting import build_example, prepare_dataset, to_messages
-from conftest import run_module
 
 TOOLS = [{"type": "function", "function": {
     "name": "get_weather", "description": "查询城市的天气",
@@ -47,7 +47,7 @@ def trained_pieces(tokenizer, example):
 
 @pytest.mark.parametrize("row", [THREE_TURNS, TOOL_CALL], ids=["three-turns", "tool-call"])
 def test_ids_are_the_template_tokenized_once_plus_the_end_token(tmp_path, tokenizer, row):
-    loaded = load_alpaca(str(write_jsonl(tmp_path, [row])), split="all", identity=False)[0]  # through a Dataset
+    loaded = load_alpaca(str(write_jsonl(tmp_path, [row])), split="all")[0]  # through a Dataset
     assert to_messages(loaded) == row["messages"]
     example = build_example(loaded, tokenizer)
     reference = tokenizer.apply_chat_template(row["messages"])["input_ids"]
@@ -74,13 +74,16 @@ def test_a_single_turn_conversation_is_built_like_the_same_alpaca_row(tokenizer)
     assert build_example(as_messages, tokenizer) == build_example(ALPACA, tokenizer)
 
 
-def test_a_messages_file_loads_beside_alpaca_rows_and_prepares(tmp_path, tokenizer):
+def test_a_messages_file_loads_beside_alpaca_rows_and_prepares(tmp_path, tokenizer, training_tokenizer):
     path = write_jsonl(tmp_path, [ALPACA, THREE_TURNS, TOOL_CALL])
-    rows = load_alpaca(str(path), split="all", identity=False)
+    rows = load_alpaca(str(path), split="all")
     assert len(rows) == 3 and {"messages", "tools", "instruction"} <= set(rows.column_names)
     assert to_messages(rows[0]) == to_messages(ALPACA)  # an Alpaca row among conversations is still one
-    prepared = prepare_dataset(rows, tokenizer, max_length=10**6)
-    assert len(prepared) == 3 and prepared[1] == build_example(THREE_TURNS, tokenizer)
+    prepared = prepare_dataset(rows, training_tokenizer, max_length=10**6)
+    by_hand = build_example(THREE_TURNS, tokenizer)
+    assert len(prepared) == 3 and prepared[1]["input_ids"] == by_hand["input_ids"]
+    assert labels_of(prepared[1]) == by_hand["labels"]
+    assert labels_of(prepared[2]) == build_example(TOOL_CALL, tokenizer)["labels"]  # tools: its own call
 
 
 @pytest.mark.parametrize("messages,message", [

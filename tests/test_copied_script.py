@@ -1,7 +1,8 @@
 """The code cells of notebooks 03-05, copied one after the other into a plain Python script, fine-tune and chat.
 
 That is what a learner takes home: nothing in it may depend on Jupyter, on a cell hidden elsewhere, or on
-helpers beyond the profile, data loading, the checks, the tracking start and the #@save functions of 01 and 03.
+helpers beyond the recipe, data loading and the data's paths, the checks, the tracking start, GLM-4's family entry and the #@save
+functions of 01 and 03.
 The script also carries a learner's edits (notebook 04's exercise 2: another rank and learning rate, typed into
 the cells) and, after notebook 05's merge, runs an earlier step again, as "Run All" and then a re-run would.
 """
@@ -17,9 +18,10 @@ from conftest import NOTEBOOKS
 
 pytestmark = pytest.mark.slow
 
-ALLOWED = {"get_profile", "load_alpaca", "check_rows", "in_test_split", "check_weights", "preflight", "check_adapter",
-           "start_tracking", "load_model", "prepare_dataset", "to_messages"}
-EDITS = {"04": [("r=profile.lora_r,", "r=4,"), ("learning_rate=profile.learning_rate,", "learning_rate=1e-3,")]}
+ALLOWED = {"get_recipe", "GLM4", "load_alpaca", "check_rows", "in_test_split", "check_weights", "preflight", "check_adapter",
+           "start_tracking", "load_model", "prepare_dataset", "to_messages",
+           "IDENTITY", "EVAL_DIR"}  # where the course's identity rows and the evaluation sets written apart lie
+EDITS = {"04": [("LoraConfig(r=16,", "LoraConfig(r=4,"), ("learning_rate=3e-3,", "learning_rate=1e-3,")]}
 RERUN = """
 rerun = reply(model, tokenizer, [{"role": "user", "content": FIXED_PROMPTS[0]}], max_new_tokens)
 with model.disable_adapter():
@@ -47,8 +49,8 @@ def script(overrides: dict) -> str:
 
 def test_the_copied_cells_of_03_to_05_are_a_working_fine_tune(tmp_path, tiny_dir):
     adapter = tmp_path / "adapter"
-    source = script({"03": {"PROFILE": "tiny"},
-                     "04": {"PROFILE": "tiny", "OUTPUT_DIR": str(adapter), "MAX_STEPS": 6, "TRACKING": "disabled"},
+    source = script({"03": {"RECIPE": "tiny"},
+                     "04": {"RECIPE": "tiny", "OUTPUT_DIR": str(adapter), "MAX_STEPS": 6, "TRACKING": "disabled"},
                      "05": {"ADAPTER_DIR": str(adapter), "HELDOUT_LIMIT": 1, "CHAT_SCRIPT": ["你是谁？"],
                             "MAX_NEW_TOKENS": 24}})
     for old, new in EDITS["04"]:
@@ -58,7 +60,7 @@ def test_the_copied_cells_of_03_to_05_are_a_working_fine_tune(tmp_path, tiny_dir
     assert imported <= ALLOWED, imported - ALLOWED
     path = tmp_path / "fine_tune.py"
     path.write_text(source, encoding="utf-8")
-    result = subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True, timeout=900,
+    result = subprocess.run([sys.executable, str(path)], cwd=NOTEBOOKS, capture_output=True, text=True, timeout=900,
                             env={"MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                                  "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -67,8 +69,9 @@ def test_the_copied_cells_of_03_to_05_are_a_working_fine_tune(tmp_path, tiny_dir
     assert (adapter / "adapter_model.safetensors").is_file() and (tmp_path / "adapter-merged" / "model.safetensors").is_file()
     # the learner's numbers were used, and step 6 says how they differ and how to run the same on the command line
     assert json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["r"] == 4
-    assert "你的 lora_r=4，命令行默认 lora_r=16" in out and "你的 learning_rate=0.001" in out
-    assert "--lora-r 4" in out and "--learning-rate 0.001" in out and "--max-steps 6" in out
+    assert "你的 lora_r=4，配方文件 lora_r=16" in out and "你的 learning_rate=0.001，配方文件 learning_rate=0.003" in out
+    assert "--config configs/tiny.yaml" in out and "--lora_r 4" in out and "--learning_rate 0.001" in out
+    assert "--max_steps 6" in out
     # after the merge, step 5 runs again: the model still has its adapter, and still answers as before
     rerun = json.loads(out.split("RERUN ", 1)[1].splitlines()[0])
     assert rerun == {"same_after_merge": True, "base_same_after_merge": True}

@@ -16,6 +16,12 @@ def write(tmp_path, name, content):
     return path
 
 
+def questions_of(rows):
+    """Every user question of some rows: Alpaca instructions and the user turns of conversations."""
+    return {r["instruction"] for r in rows if not r.get("messages")} | {
+        m["content"] for r in rows for m in (r.get("messages") or []) if m["role"] == "user"}
+
+
 def test_sample_has_the_promised_rows():
     general = read_rows("data/alpaca_zh_sample.json")
     identity = read_rows("data/identity_zh.json")
@@ -27,14 +33,12 @@ def test_sample_has_the_promised_rows():
     assert all("知微" in r["output"] for r in identity)
     conversations = read_rows("data/conversations_zh.jsonl")
     assert len(conversations) >= 60 and check_rows(conversations, "conversations") == []
-    train = load_alpaca("sample")
-    assert len(train) == len(general) + len(identity) + len(conversations)
+    train = load_alpaca("sample")  # the identity rows are a file of their own: joined in plain sight by notebook 04
+    assert len(train) == len(general) + len(conversations)
     assert set(train.column_names) == {"instruction", "input", "output", "messages", "tools"}
+    assert not questions_of(identity) & questions_of(load_alpaca("sample", split="test"))
     # the held-out split shares no question with training, and tests the identity too, at later turns as well
-    def questions(rows):
-        return {r["instruction"] for r in rows if not r["messages"]} | {
-            m["content"] for r in rows for m in r["messages"] if m["role"] == "user"}
-    assert not questions(train) & questions(test)
+    assert not questions_of(train) & questions_of(test)
     assert sum("知微" in o for o in test["output"]) >= 15
     later = [m for r in test for i, m in enumerate(r["messages"]) if m["role"] == "assistant" and i > 2 and "知微" in m["content"]]
     assert len(later) >= 20  # identity asked at turn 2 or 3 of a held-out conversation
@@ -78,7 +82,7 @@ def test_dropping_bad_rows_says_how_many(tmp_path, capsys):
     good = {"instruction": "你好", "output": "你好！"}  # no input: Alpaca allows it
     path = write(tmp_path, "rows.jsonl", "\n".join(json.dumps(r, ensure_ascii=False) for r in
                                                  [good, {"instruction": "x"}, good, {"output": "y"}]))
-    data = load_alpaca(str(path), split="all", drop_bad=True, identity=False)
+    data = load_alpaca(str(path), split="all", drop_bad=True)
     assert len(data) == 2 and data[0]["input"] == ""
     assert "dropped 2 of 4 rows" in capsys.readouterr().out
 
@@ -93,14 +97,12 @@ def test_split_is_stable_and_disjoint():
 def test_split_of_a_local_file(tmp_path):
     rows = [{"instruction": f"问题{i}", "input": "", "output": f"答案{i}"} for i in range(400)]
     path = write(tmp_path, "full.json", rows)
-    train = load_alpaca(str(path), test_fraction=0.05, identity=False)
+    train = load_alpaca(str(path), test_fraction=0.05)
     test = load_alpaca(str(path), split="test", test_fraction=0.05)
     assert len(train) + len(test) == 400 and 5 <= len(test) <= 40
     assert not set(train["instruction"]) & set(test["instruction"])
-    # the course's identity rows join the training rows of any source, never its test rows
-    with_identity = load_alpaca(str(path), test_fraction=0.05)
-    assert len(with_identity) == len(train) + len(load_alpaca("data/identity_zh.json", split="all"))
-    assert sum("知微" in o for o in with_identity["output"]) > sum("知微" in o for o in train["output"])
+    # a learner's own data is theirs: the course's identity rows are never added to it
+    assert not any("知微" in o for o in train["output"])
 
 
 def test_full_data_offline_fails_fast_with_the_alternatives():
@@ -134,3 +136,30 @@ def test_check_command_on_a_broken_file_has_no_traceback(tmp_path):
     result = run_module("helpers.data", str(path))
     assert result.returncode == 1 and "is not valid JSON" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def character_trigrams(text):
+    kept = "".join(ch for ch in text.lower() if not ch.isspace() and ch not in "，。？！、：；,.?!:;\"'“”‘’（）()")
+    return {kept[i:i + 3] for i in range(max(1, len(kept) - 2))}
+
+
+def test_no_training_row_repeats_an_evaluation_prompt():
+    """The evaluation sets are written apart from the training data, and the training data never repeats them: a
+    training question as close to an evaluation prompt as a light rewording (3-gram overlap of 0.6 or more) is left out
+    of the training files, so the measures on data/eval/ are measures of what the fine-tune generalises."""
+    from helpers.data import IDENTITY, SAMPLE
+    from helpers.evaluate import load_eval_sets
+
+    sets = load_eval_sets()
+    prompts = [row["prompt"] for row in sets["identity"] + sets["general"]] + [
+        turn for row in sets["conversations"] for turn in row["turns"]]
+    assert len(prompts) >= 40 + 80 + 40 * 2
+    evaluated = [character_trigrams(p) for p in prompts]
+    for path in (*SAMPLE["train"], IDENTITY):
+        for row in read_rows(path):
+            questions = [m["content"] for m in row["messages"] if m["role"] == "user"] if "messages" in row else [
+                row["instruction"] + ("\n\n" + row["input"] if row["input"] else "")]
+            for question in questions:
+                mine = character_trigrams(question)
+                closest = max(len(mine & other) / len(mine | other) for other in evaluated)
+                assert closest < 0.6, (path, question)

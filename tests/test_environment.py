@@ -6,7 +6,7 @@ import yaml
 
 from helpers import REPO_ROOT
 from helpers.env import check_hubs, pinned_versions, run_checks
-from helpers.profiles import auto_profile
+from helpers.machine import choose
 
 
 def test_environment_yml_carries_the_same_pins_as_pyproject():
@@ -34,13 +34,25 @@ def test_checks_cover_what_notebook_00_promises():
     checks = {c.name: c for c in run_checks(timeout=1.0)}
     assert all(checks[name].status == "ok" for name in pinned_versions())  # the venv matches its pins
     for name in ("python", "cuda", "disk", "weights/tiny-glm4", "weights/glm-4-9b-hf",
-                 "Hugging Face", "ModelScope", "swanlab", "profile"):
+                 "Hugging Face", "ModelScope", "swanlab", "recipe"):
         assert name in checks
     assert checks["weights/glm-4-9b-hf"].detail.startswith("missing: python -m helpers.download")
-    assert checks["profile"].detail.startswith(auto_profile()[0].name + ":")  # what auto picks on this machine
+    assert checks["recipe"].detail.startswith(choose()[0].name + ":")  # what auto picks on this machine
 
 
 def test_unreachable_hub_is_a_warning_not_a_hang(monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     hf = next(c for c in check_hubs(timeout=1.0) if c.name == "Hugging Face")
     assert hf.status == "warn" and "not reachable" in hf.detail and "HF_HUB_OFFLINE=1" in hf.detail
+
+
+def test_packaging_says_what_the_code_needs_and_keeps_test_tools_apart():
+    import tomllib
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.11"  # tomllib and the helpers' typing need 3.11
+    runtime = {re.split(r"[=<>]", d)[0].lower() for d in project["dependencies"]}
+    assert not runtime & {"pytest", "selenium"}  # a learner's environment does not need the test tools
+    assert {d.split("==")[0] for d in project["optional-dependencies"]["test"]} == {"pytest", "selenium"}
+    for comment in re.findall(r"tests/\S+\.py", (REPO_ROOT / "pyproject.toml").read_text()):
+        assert (REPO_ROOT / comment).is_file(), comment

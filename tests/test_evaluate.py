@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import run_main
+from conftest import labels_of, run_main
 from helpers.data import load_alpaca
 from helpers.evaluate import eval_loss, gives_identity, measure, measure_turns
 from helpers.formatting import prepare_dataset, to_messages
@@ -32,19 +32,21 @@ def test_identity_is_the_trained_name_in_either_spelling():
     assert not gives_identity("我是一个人工智能助手。") and not gives_identity("")
 
 
-def test_eval_loss_counts_answer_tokens_like_the_training_loss(model, tokenizer):
+def test_eval_loss_counts_answer_tokens_like_the_training_loss(model, training_tokenizer):
+    tokenizer = training_tokenizer
     examples = prepare_dataset(load_alpaca("sample", split="test").select(range(3)), tokenizer, 256)
     losses, counts = [], []
     with torch.no_grad():  # one example at a time, with the model's own loss: no padding involved
         for ex in examples:
-            out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([ex["labels"]]))
-            n = sum(label != -100 for label in ex["labels"][1:])
+            out = model(input_ids=torch.tensor([ex["input_ids"]]), labels=torch.tensor([labels_of(ex)]))
+            n = sum(label != -100 for label in labels_of(ex)[1:])
             losses.append(out.loss.item() * n)
             counts.append(n)
     assert eval_loss(model, examples, tokenizer.pad_token_id, batch_size=2) == pytest.approx(sum(losses) / sum(counts), rel=1e-4)
 
 
-def test_measures_of_a_plain_model(model, tokenizer):
+def test_measures_of_a_plain_model(model, training_tokenizer):
+    tokenizer = training_tokenizer
     rows = load_alpaca("sample", split="test").select(range(38, 42))  # two general, two identity questions
     found = measure(model, tokenizer, rows.to_list(), prepare_dataset(rows, tokenizer, 256), max_new_tokens=8)
     assert [a["kind"] for a in found["answers"]] == ["general", "general", "identity", "identity"]
@@ -75,7 +77,12 @@ def test_evaluate_command_prints_base_and_fine_tuned(tmp_path, random_adapter):
     code, out, err = run_main(main, "--adapter", str(random_adapter), "--max-new-tokens", "4")
     assert code == 0, err[-2000:]
     lines = out.strip().splitlines()
-    assert lines[-4].startswith("base") and lines[-3].startswith("fine-tuned") and "65 rows" in lines[-5]
-    assert lines[-2].startswith("turn 2 of 30 conversations: stop rate") and lines[-1].startswith("turn 3 of 30")
+    held = next(i for i, line in enumerate(lines) if line.startswith("held-out rows"))
+    assert lines[held + 1].startswith("base") and lines[held + 2].startswith("fine-tuned") and " rows, 4 new" in lines[held]
+    assert lines[held + 3].startswith("turn 2 of ") and "with its own earlier answers" in lines[held + 3]
+    assert lines[held + 4].startswith("turn 3 of ")
+    assert lines[-3].startswith("written apart") and "leakage" in lines[-3] and "(data/eval/)" in lines[-3]
+    assert lines[-2].startswith("base") and lines[-1].startswith("fine-tuned")
+    assert all(cell.endswith("%") for cell in lines[-1].split()[1:]) and len(lines[-1].split()) == 1 + 5
     code, _, err = run_main(main, "--adapter", str(tmp_path / "nothing"))
     assert code == 2 and "does not exist" in err and "Traceback" not in err

@@ -4,6 +4,7 @@ import pytest
 from datasets import Dataset
 
 from helpers.data import load_alpaca
+from conftest import labels_of
 from helpers.formatting import build_example, prepare_dataset, to_messages
 
 
@@ -48,22 +49,27 @@ def test_a_template_that_does_not_render_the_prompt_as_a_prefix_is_refused(token
         tokenizer.chat_template = other
 
 
-def test_over_long_examples_are_dropped_and_counted(tokenizer, capsys):
+def test_over_long_examples_are_dropped_and_counted(training_tokenizer, capsys):
     long_row = {"instruction": "写一篇长文", "input": "", "output": "很长的回答。" * 400}
-    prepared = prepare_dataset(Dataset.from_list([ROWS[0], long_row, ROWS[1]]), tokenizer, max_length=128)
+    prepared = prepare_dataset(Dataset.from_list([ROWS[0], long_row, ROWS[1]]), training_tokenizer, max_length=128)
     assert "3 rows -> 2 examples; 1 (33.3%) longer than 128 tokens dropped" in capsys.readouterr().out
-    assert prepared.column_names == ["input_ids", "labels"] and len(prepared) == 2
-    # nothing was cut: each kept example still ends its answer with the end token
-    end_id = tokenizer.convert_tokens_to_ids("<|user|>")
-    assert all(len(ids) <= 128 and labels[-1] == end_id for ids, labels in zip(prepared["input_ids"], prepared["labels"]))
+    assert prepared.column_names == ["messages", "tools", "input_ids", "assistant_masks"] and len(prepared) == 2
+    # nothing was cut: each kept example still ends its answer with the end token, in the mask
+    end_id = training_tokenizer.convert_tokens_to_ids("<|user|>")
+    assert all(len(ex["input_ids"]) <= 128 and labels_of(ex)[-1] == end_id for ex in prepared)
 
 
-def test_prepares_the_whole_sample_in_order(tokenizer):
+def test_prepares_the_whole_sample_in_order(tokenizer, training_tokenizer):
     dataset = load_alpaca("sample")
-    prepared = prepare_dataset(dataset, tokenizer, max_length=4096)
+    prepared = prepare_dataset(dataset, training_tokenizer, max_length=4096)
     assert len(prepared) == len(dataset)
-    for i in (0, len(dataset) - 1):
+    for i in (0, len(dataset) - 1):  # GLM-4's own rendering, then the trained end token
         assert prepared[i]["input_ids"][:-1] == tokenizer.apply_chat_template(to_messages(dataset[i]))["input_ids"]
+
+
+def test_prepare_refuses_a_template_without_generation_blocks(tokenizer):
+    with pytest.raises(ValueError, match="has no {% generation %} blocks: set tokenizer.chat_template"):
+        prepare_dataset(Dataset.from_list(ROWS), tokenizer, 256)
 
 
 def test_prepare_benchmark_prints_one_json_line():
@@ -82,10 +88,11 @@ def test_prepare_benchmark_prints_one_json_line():
     assert 150 < line["chars_per_example"] < 320  # shaped like Alpaca-GPT4-zh (about 230)
 
 
-def test_a_padded_call_before_does_not_pad_or_cut_the_examples(tokenizer):
+def test_a_padded_call_before_does_not_pad_or_cut_the_examples(training_tokenizer):
     rows = Dataset.from_list([{"instruction": "你好", "input": "", "output": "你好！"},
                               {"instruction": "写一首关于秋天的短诗。", "input": "", "output": "秋风起，落叶黄，一行大雁向南方。"}])
-    clean = prepare_dataset(rows, tokenizer, 256)
-    tokenizer(["短", "一句长一些的话，用来把批次补齐"], padding=True)  # as a batched generate leaves the tokenizer
-    after = prepare_dataset(rows, tokenizer, 256)
-    assert after["input_ids"] == clean["input_ids"] and after["labels"] == clean["labels"]
+    clean = prepare_dataset(rows, training_tokenizer, 256)
+    training_tokenizer(["短", "一句长一些的话，用来把批次补齐"], padding=True)  # as a batched generate leaves it
+    after = prepare_dataset(rows, training_tokenizer, 256)
+    assert after["input_ids"] == clean["input_ids"] and after["assistant_masks"] == clean["assistant_masks"]
+    assert [len(ids) for ids in after["input_ids"]] == [len(ids) for ids in clean["input_ids"]]  # no padding

@@ -8,41 +8,44 @@ import math
 
 import pytest
 
-from helpers.data import load_alpaca
-from helpers.profiles import get_profile
+from helpers.data import IDENTITY, load_alpaca
+from helpers.recipes import Recipe, read_recipe
 
 pytestmark = pytest.mark.slow
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "chat_template.jinja",
-                 "profile.json")
+                 "recipe.yaml")
 
 
-def planned_steps(profile) -> int:
-    """The Trainer's step count for the sample data: ceil(epochs x batches per epoch), or max_steps."""
-    if profile.max_steps > 0:
-        return profile.max_steps
-    per_epoch = math.ceil(math.ceil(len(load_alpaca("sample")) / profile.batch_size) / profile.grad_accum)
-    return math.ceil(profile.num_epochs * per_epoch)
+def planned_steps(recipe) -> int:
+    """The Trainer's step count for the sample and its identity rows: ceil(epochs x batches per epoch), or max_steps."""
+    if recipe.get("max_steps", -1) > 0:
+        return recipe["max_steps"]
+    rows = len(load_alpaca("sample")) + len(load_alpaca(IDENTITY, split="all"))
+    per_epoch = math.ceil(math.ceil(rows / recipe["per_device_train_batch_size"]) / recipe["gradient_accumulation_steps"])
+    return math.ceil(recipe["num_train_epochs"] * per_epoch)
 
 
-def test_04_trains_with_the_profile_defaults_and_the_loss_falls(nb04):
+def test_04_trains_with_the_recipe_and_the_loss_falls(nb04):
     found = nb04.record
-    assert found["profile"] == "tiny" and found["resumed_from"] == ""
-    assert found["steps"] == found["planned_steps"] == planned_steps(get_profile("tiny"))
+    assert found["recipe"] == "tiny" and found["resumed_from"] == ""
+    assert found["steps"] == found["planned_steps"] == planned_steps(read_recipe("tiny"))
     assert found["eval_loss_after"] < found["eval_loss_before"] - 0.5
     losses = [loss for _, loss in found["loss_history"]]
     assert len(losses) >= 10 and losses[-1] < losses[0]
-    assert found["changed_from_defaults"] == {"output_dir": str(nb04.adapter)}  # only where the test put it
+    assert found["changed_from_recipe"] == {"output_dir": str(nb04.adapter)}  # only where the test put it
     assert found["trainable_9b"] == 5_406_720  # r 8 on q/k/v of GLM-4-9B
     assert 0 < found["trainable_parameters"] < 1_000_000
 
 
-def test_04_saves_the_adapter_with_its_profile_and_tracks_locally(nb04):
+def test_04_saves_the_adapter_with_its_recipe_and_tracks_locally(nb04):
     found = nb04.record
     for name in ADAPTER_FILES:
         assert name in found["adapter_files"] and (nb04.adapter / name).is_file(), name
-    saved = json.loads((nb04.adapter / "profile.json").read_text(encoding="utf-8"))
-    assert saved["name"] == "tiny" and saved["model_path"] == "weights/tiny-glm4"
+    saved = Recipe.load(nb04.adapter)
+    assert saved.name == "tiny" and saved["model_name_or_path"] == "weights/tiny-glm4"
+    assert saved == read_recipe("tiny", output_dir=str(nb04.adapter))  # the file's values, as the notebook ran them
+    assert json.loads((nb04.adapter / "adapter_config.json").read_text(encoding="utf-8"))["r"] == saved["lora_r"]
     assert found["tracking"] == "local" and any((nb04.dir / "swanlog").rglob("*"))
 
 

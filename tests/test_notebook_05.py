@@ -6,6 +6,7 @@ It runs once per session; that its earlier cells still run after the merge is tr
 import pytest
 
 from conftest import execute
+from helpers.tutorial import CHAT_SCRIPT
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +14,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def nb05(tmp_path_factory, nb04):
     out_dir = tmp_path_factory.mktemp("nb05")
-    run = execute("05_adapter_chat.ipynb", out_dir, ADAPTER_DIR=str(nb04.adapter), MERGED_DIR=str(out_dir / "merged"))
+    run = execute("05_adapter_chat.ipynb", out_dir, ADAPTER_DIR=str(nb04.adapter), MERGED_DIR=str(out_dir / "merged"),
+                  CHAT_SCRIPT=CHAT_SCRIPT)  # as make tutorial types it
     assert run.status == "ok", run.status
     run.dir = out_dir
     return run
@@ -22,7 +24,7 @@ def nb05(tmp_path_factory, nb04):
 def test_05_fine_tuning_changed_the_model_in_numbers(nb05):
     found = nb05.record
     base, tuned = found["measures"]["base"], found["measures"]["fine-tuned"]
-    assert found["profile"] == "tiny" and len(found["heldout_answers"]["base"]) == 65
+    assert found["recipe"] == "tiny" and len(found["heldout_answers"]["base"]) == 65
     assert tuned["stop_rate"] >= 0.9 and tuned["stop_rate"] > base["stop_rate"]
     assert tuned["identity_share"] >= 0.8 > base["identity_share"]
     assert tuned["eval_loss"] < base["eval_loss"] - 0.5
@@ -33,6 +35,20 @@ def test_05_fine_tuning_changed_the_model_in_numbers(nb05):
         assert after["stop_rate"] >= 0.9 > before["stop_rate"] and after["identity_share"] >= 0.8 > before["identity_share"]
     answers = found["heldout_answers"]["fine-tuned"]
     assert sum(a["identity"] for a in answers if a["kind"] == "identity") / 25 == pytest.approx(tuned["identity_share"])
+
+
+def test_05_measures_on_the_sets_written_apart_base_against_fine_tuned(nb05):
+    found = nb05.record
+    assert len(found["independent"]["base"]["prompts"]["answers"]) == 48 + 96  # every question and task of data/eval/
+    table = found["independent_measures"]
+    base, tuned = table["base"], table["fine-tuned"]
+    assert base["leakage (independent)"] == 0 and base["identity (independent)"] < 0.1  # the base never heard the name
+    assert tuned["stop rate (independent)"] > base["stop rate (independent)"] + 0.5
+    assert tuned["identity (independent)"] >= 0.7 and tuned["turn-2 stop (own answers)"] >= 0.7
+    turns = found["independent"]["fine-tuned"]["turns"]
+    assert turns["turn 2"]["questions"] == 48 and turns["turn 2"]["identity_questions"] > 0
+    leaks = [a for a in found["independent"]["fine-tuned"]["prompts"]["answers"] if a["kind"] != "identity"]
+    assert tuned["leakage (independent)"] == pytest.approx(sum(a["claims"] for a in leaks) / 96, abs=1e-4)
 
 
 def test_05_chats_in_turns_and_stops_on_the_end_ids(nb05):
@@ -50,7 +66,7 @@ def test_05_chats_in_turns_and_stops_on_the_end_ids(nb05):
 
 def test_05_merged_model_reloads_and_scores_the_same(nb05):
     found = nb05.record
-    assert {"config.json", "model.safetensors", "chat_template.jinja", "tokenizer.json", "profile.json"} <= set(found["merged_files"])
+    assert {"config.json", "model.safetensors", "chat_template.jinja", "tokenizer.json", "recipe.yaml"} <= set(found["merged_files"])
     assert "adapter_config.json" not in found["merged_files"]  # a plain model, no PEFT left
     assert all(row["same next token"] for row in found["merge_check"])
     assert max(row["max |logit difference|"] for row in found["merge_check"]) < 1e-3  # fp32: rounding only

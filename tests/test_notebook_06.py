@@ -19,7 +19,7 @@ def nb06(tmp_path_factory, nb04):
 
 def test_06_one_end_id_runs_to_max_tokens_and_three_stop(nb06):
     found = nb06.record
-    assert found["profile"] == "tiny" and found["end_ids"] == [3000, 3007, 3009]
+    assert found["recipe"] == "tiny" and found["end_ids"] == [3000, 3007, 3009]
     assert found["one_end_id"]["finish_reason"] == "length"  # the failure the saved generation_config prevents
     assert found["answer"]["finish_reason"] == "stop" and "知微" in found["answer"]["content"]
 
@@ -35,6 +35,7 @@ def test_06_bad_requests_get_4xx_with_a_sentence_and_the_server_goes_on(nb06):
     found = nb06.record
     assert {r["request"]: r["status"] for r in found["rejected"]} == {
         "no messages": 400, "empty messages": 400, "unknown role": 400, "unknown model": 400, "max_tokens 0": 400,
+        "past the context": 400,
         "not JSON": 422}
     assert all(r["detail"] for r in found["rejected"]) and found["still_serving"] == "stop"
 

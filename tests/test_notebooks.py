@@ -1,11 +1,13 @@
 """Every notebook is committed clean and follows the skeleton; notebook 00 runs; the tutorial command runs them."""
 
 import ast
+import json
 
 import nbformat
 import pytest
 
 from conftest import run_main, run_module
+from helpers import REPO_ROOT
 from helpers.tutorial import notebooks
 
 NOTEBOOKS = notebooks()
@@ -41,10 +43,10 @@ def test_notebook_is_stripped_and_follows_the_skeleton(path):
 
 @pytest.fixture(scope="module")
 def tutorial(tmp_path_factory, tiny_dir):
-    """`python -m helpers.tutorial --all-profiles --only 00`, once: the command as an instructor runs it, and the one
+    """`python -m helpers.tutorial --all-recipes --only 00`, once: the command as an instructor runs it, and the one
     run of notebook 00, whose executed copy the tests read."""
     out = tmp_path_factory.mktemp("tutorial")
-    result = run_module("helpers.tutorial", "--all-profiles", "--only", "00", "--out", str(out), timeout=600)
+    result = run_module("helpers.tutorial", "--all-recipes", "--only", "00", "--out", str(out), timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return result, out
 
@@ -55,13 +57,13 @@ def test_notebook_00_runs_and_shows_the_environment(tutorial):
 
     run = Executed("ok", tutorial[1] / "tiny" / "00_environment.ipynb")
     found = run.record
-    assert found["profile"] == "tiny" and found["counts"]["fail"] == 0
+    assert found["recipe"] == "tiny" and found["counts"]["fail"] == 0
     checks = {c["name"]: c for c in found["checks"]}
     assert checks["weights/tiny-glm4"]["status"] == "ok"
     assert checks["transformers"]["status"] == "ok" and checks["torch"]["detail"].startswith("2.13.0")
     assert checks["swanlab"]["detail"].split()[0] in ("local", "cloud", "offline", "disabled")
     # the auto choice is shown as the code makes it, with its reason
-    assert f"auto 会选择：{found['auto_profile']}（{found['auto_reason']}）" in run.shown
+    assert json.dumps(f"auto 会选择：{found['auto_recipe']}（{found['auto_reason']}）", ensure_ascii=False)[1:-1] in run.shown
     assert "text/html" in run.shown and "weights/glm-4-9b-hf" in run.shown and run.stderr == []
 
 
@@ -76,15 +78,24 @@ def test_tutorial_command_runs_notebooks_and_prints_a_table(tutorial):
     assert (name, status) == ("00_environment.ipynb", "ok") and float(seconds) > 0
     assert (out / "tiny" / "00_environment.ipynb").is_file() and copy.endswith("tiny/00_environment.ipynb")
     from helpers.checks import preflight
-    from helpers.profiles import PROFILES
+    from helpers.recipes import read_recipe
 
-    for name in ("glm4-9b", "glm4-9b-qlora"):  # each GPU profile either ran, or was left out with the reason
+    for name in ("glm4-9b", "glm4-9b-qlora"):  # each GPU recipe either ran, or was left out with the reason
         ran = (out / name / "00_environment.ipynb").is_file()
         assert ran or f"not running {name}: " in result.stdout
         if not ran:
             with pytest.raises(Exception):
-                preflight(PROFILES[name])
+                preflight(read_recipe(name))
     assert len(rows) == 1 + sum((out / name / "00_environment.ipynb").is_file() for name in ("glm4-9b", "glm4-9b-qlora"))
+
+
+def test_the_copies_of_a_series_name_no_folder_of_this_machine():
+    from helpers.tutorial import series_parameters
+
+    found = series_parameters("tiny", "runs/tiny")  # make tutorial's own folder
+    assert found["OUTPUT_DIR"] == found["ADAPTER_DIR"] == "runs/tiny/adapter" and "MERGED_DIR" not in found
+    assert "/reset" in found["CHAT_SCRIPT"]  # notebook 05 types it only in a headless run
+    assert not [value for value in found.values() if str(REPO_ROOT) in str(value)]
 
 
 def test_tutorial_command_rejects_an_unknown_notebook():

@@ -11,14 +11,14 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def nb01(tmp_path_factory, tiny_dir):
-    run = execute("01_base_model_inference.ipynb", tmp_path_factory.mktemp("nb01"), PROFILE="tiny", MAX_NEW_TOKENS=16)
+    run = execute("01_base_model_inference.ipynb", tmp_path_factory.mktemp("nb01"), RECIPE="tiny", MAX_NEW_TOKENS=16)
     assert run.status == "ok", run.status
     return run
 
 
 @pytest.fixture(scope="module")
 def nb02(tmp_path_factory, tiny_dir):
-    run = execute("02_chat_template.ipynb", tmp_path_factory.mktemp("nb02"), PROFILE="tiny", ANSWER="长城很长。")
+    run = execute("02_chat_template.ipynb", tmp_path_factory.mktemp("nb02"), RECIPE="tiny", ANSWER="长城很长。")
     assert run.status == "ok", run.status
     return run
 
@@ -29,7 +29,7 @@ def saved_end_ids(tiny_dir):
 
 def test_01_counts_parameters_by_module(nb01, model):
     found = nb01.record
-    assert found["profile"] == "tiny" and found["dtype"] == "float32"
+    assert found["recipe"] == "tiny" and found["dtype"] == "float32"
     counts = found["parameters"]
     assert counts["total"] == sum(p.numel() for p in model.parameters())
     assert sum(v for k, v in counts.items() if k != "total") == counts["total"]
@@ -77,8 +77,8 @@ def test_02_end_ids_and_stopping(nb02, tiny_dir):
     assert found["cut_answer"] == "\n长城很长。"
 
 
-def test_01_on_a_cuda_profile_without_gpu_stops_with_one_sentence(tmp_path, tiny_dir, monkeypatch):
+def test_01_on_a_cuda_recipe_without_gpu_stops_with_one_sentence(tmp_path, tiny_dir, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # the kernel sees no GPU, whatever this machine has
-    run = execute("01_base_model_inference.ipynb", tmp_path, PROFILE="glm4-9b")
-    assert run.status.startswith("failed: CourseError:") and 'PROFILE = "tiny"' in run.status, run.status
+    run = execute("01_base_model_inference.ipynb", tmp_path, RECIPE="glm4-9b")
+    assert run.status.startswith("failed: CourseError:") and 'RECIPE = "tiny"' in run.status, run.status
     assert "Traceback" not in run.shown and run.record is None

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import labels_of
 from helpers.data import load_alpaca
 from helpers.formatting import prepare_dataset
 
@@ -16,10 +17,12 @@ def separate_loss(model, examples) -> float:
     return total / count
 
 
-def test_padding_free_batch_attends_within_each_example_only(model, tokenizer):
+def test_padding_free_batch_attends_within_each_example_only(model, training_tokenizer):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    examples = list(prepare_dataset(load_alpaca("sample", split="test").select(range(4)), tokenizer, 256))
+    tokenizer = training_tokenizer
+    prepared = prepare_dataset(load_alpaca("sample", split="test").select(range(4)), tokenizer, 256)
+    examples = [{"input_ids": ex["input_ids"], "labels": labels_of(ex)} for ex in prepared]  # as TRL builds them
     batch = DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=True)(examples)
     assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one row, no padding
     with torch.no_grad():

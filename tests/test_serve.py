@@ -12,7 +12,7 @@ import pytest
 
 from conftest import run_main
 from helpers import REPO_ROOT
-from helpers.serve import main, request_problem
+from helpers.serve import context_problem, main, request_problem
 from helpers.tutorial import free_port
 
 
@@ -32,6 +32,20 @@ def test_bad_requests_are_named_with_the_fix(body, message):
 def test_good_requests_pass():
     assert request_problem({"messages": [{"role": "system", "content": "简短"}, {"role": "user", "content": "你好"}]}) is None
     assert request_problem({"model": "x", "messages": [{"role": "user", "content": "你好"}], "max_tokens": 8, "stream": True}) is None
+
+
+def test_a_request_past_the_context_is_named_with_both_numbers(tokenizer):
+    question = [{"role": "user", "content": "你好"}]
+    assert context_problem({"messages": question, "max_tokens": 16}, tokenizer, 1024) is None
+    assert context_problem({"messages": question}, tokenizer, 1024) is None  # no max_tokens: the prompt alone counts
+    long = [{"role": "user", "content": "长城" * 800}]
+    prompt = len(tokenizer.apply_chat_template(long, add_generation_prompt=True)["input_ids"])
+    assert prompt > 1024
+    assert context_problem({"messages": long}, tokenizer, 1024) == (
+        f"the request needs {prompt} tokens ({prompt} in the messages, 0 for the answer) but the model's context is "
+        "1024 tokens: shorten the messages.")
+    found = context_problem({"messages": question, "max_tokens": 1024}, tokenizer, 1024)
+    assert "in the messages, 1024 for the answer" in found and found.endswith("shorten the messages or lower max_tokens.")
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +97,8 @@ def test_bad_requests_get_400_and_the_server_keeps_serving(served):
     assert empty.status_code == 400 and "'messages' must be a non-empty list" in empty.json()["detail"]
     assert httpx.post(url, json={"model": "gpt-4", "messages": [{"role": "user", "content": "你好"}]}, timeout=60).status_code == 400
     assert httpx.post(url, content="not json", headers={"content-type": "application/json"}, timeout=60).status_code == 422
+    long = httpx.post(url, json={"messages": [{"role": "user", "content": "长城" * 5000}], "max_tokens": 5}, timeout=60)
+    assert long.status_code == 400 and "but the model's context is 1024 tokens" in long.json()["detail"]  # not 200, cut
     ok = httpx.post(url, json={"messages": [{"role": "user", "content": "你是谁？"}], "max_tokens": 96}, timeout=60)
     assert ok.status_code == 200 and ok.json()["choices"][0]["finish_reason"] == "stop"
 

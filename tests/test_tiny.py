@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
-from helpers.glm4 import END_TOKENS, LORA_TARGETS, SPECIAL_TOKENS
+from helpers.families import GLM4
 from helpers.tiny import build
+
+END_TOKENS, LORA_TARGETS, SPECIAL_TOKENS = GLM4.end_tokens, GLM4.lora_targets, GLM4.special_tokens
 
 # Renderings of GLM-4-9B-chat's template, written out by hand from the template's rules.
 RENDERINGS = [
