@@ -37,7 +37,7 @@ from helpers.formatting import prepare_dataset, to_messages
 
 
 # ---- #@save from notebooks/05_adapter_chat.ipynb: reply_batch, eval_loss, gives_identity, measure, measure_turns, claims_identity, share, measure_prompts, measure_own_turns, as_turns (make sync writes this block) ----
-def reply_batch(model, tokenizer, conversations, max_new_tokens=256, batch_size=32):  #@save
+def reply_batch(model, tokenizer, conversations, max_new_tokens=256, batch_size=64):  #@save
     """`reply` for many conversations, `batch_size` at a time: the same greedy answers, several times faster.
     Prompts are padded on the left, so that every answer starts right after its own prompt."""
     end_ids = model.generation_config.eos_token_id

@@ -163,7 +163,7 @@ def test_generation_never_runs_past_the_positions(short_context, tokenizer):
     prompt = len(tokenizer.apply_chat_template([{"role": "user", "content": "请写一篇很长的文章。"}],
                                                 add_generation_prompt=True)["input_ids"])
     assert len(tokenizer(answer, add_special_tokens=False)["input_ids"]) <= 64 - prompt + 2  # capped at the room left
-    with pytest.raises(ValueError, match="a prompt among conversations 1-32 is longer than the model's context of 64"):
+    with pytest.raises(ValueError, match="a prompt among conversations 1-64 is longer than the model's context of 64"):
         reply_batch(short_context, tokenizer, [[{"role": "user", "content": "长城" * 60}]], max_new_tokens=4)
 
 

@@ -143,6 +143,20 @@ def character_trigrams(text):
     return {kept[i:i + 3] for i in range(max(1, len(kept) - 2))}
 
 
+# training files the README's table of recipes tried (benchmarks/fine_tune_quality.py), beside the sample's own
+EXPERIMENT_FILES = ("data/contrast_zh.json", "data/hard_negatives_zh.json", "data/identity_more_zh.json",
+                    "data/identity_varied_zh.json")
+
+
+def test_the_experiment_files_are_what_the_readme_says():
+    identity = [r for path in EXPERIMENT_FILES if "identity" in path for r in read_rows(path)]
+    general = [r for path in EXPERIMENT_FILES if "identity" not in path for r in read_rows(path)]
+    assert check_rows(identity, "identity") == [] and check_rows(general, "general") == []
+    assert sum("知微" in r["output"] or "青禾" in r["output"] for r in identity) >= 0.8 * len(identity)
+    said = lambda r: any(w in (r["instruction"] + r["input"] + r["output"]).lower() for w in ("知微", "青禾", "zhiwei", "qinghe"))
+    assert not [r["instruction"] for r in general if said(r)]  # general answers never claim the identity
+
+
 def test_no_training_row_repeats_an_evaluation_prompt():
     """The evaluation sets are written apart from the training data, and the training data never repeats them: a
     training question as close to an evaluation prompt as a light rewording (3-gram overlap of 0.6 or more) is left out
@@ -155,7 +169,7 @@ def test_no_training_row_repeats_an_evaluation_prompt():
         turn for row in sets["conversations"] for turn in row["turns"]]
     assert len(prompts) >= 40 + 80 + 40 * 2
     evaluated = [character_trigrams(p) for p in prompts]
-    for path in (*SAMPLE["train"], IDENTITY):
+    for path in (*SAMPLE["train"], IDENTITY, *EXPERIMENT_FILES):
         for row in read_rows(path):
             questions = [m["content"] for m in row["messages"] if m["role"] == "user"] if "messages" in row else [
                 row["instruction"] + ("\n\n" + row["input"] if row["input"] else "")]

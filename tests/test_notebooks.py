@@ -27,16 +27,19 @@ def test_notebook_is_stripped_and_follows_the_skeleton(path):
         ast.literal_eval(node.value)
     record = [c for c in code if "record" in c.metadata.get("tags", [])]
     solutions = [c for c in code if "solution" in c.metadata.get("tags", [])]
-    lesson = code[:len(code) - len(solutions)]
+    cleanup = [c for c in code if "cleanup" in c.metadata.get("tags", [])]  # frees the GPU for the next notebook
+    assert len(cleanup) <= 1 and (not cleanup or cleanup[0] is code[-1]), "a cleanup cell comes last"
+    lesson = code[:len(code) - len(solutions) - len(cleanup)]
     assert len(record) == 1 and record[0] is lesson[-1], "one last lesson cell, tagged record, shows the run's results"
-    assert solutions and code[len(lesson):] == solutions, "after the lesson come the exercises' solutions"
+    assert solutions and code[len(lesson):len(code) - len(cleanup)] == solutions, "after the lesson come the exercises' solutions"
     for cell in solutions:  # each right after its exercise
         before = nb.cells[nb.cells.index(cell) - 1]
         assert before.cell_type == "markdown" and before.source.startswith("**练习 "), before.source[:40]
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     for heading in ("## 小结", "## 练习", "## 下一步"):
         assert heading in text
-    assert "!pip" not in "\n".join(c.source for c in code) and "torch.cuda" not in "\n".join(c.source for c in code)
+    taught = "\n".join(c.source for c in code if c not in cleanup)  # the cleanup cell alone gives GPU memory back
+    assert "!pip" not in taught and "torch.cuda" not in taught
     assert nb.cells.index(record[0]) < 40, "the lesson, before its exercises, stays short"
     assert max(len(c.source.splitlines()) for c in code) <= 32, "cells short enough to read"
 
