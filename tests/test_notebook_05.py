@@ -32,7 +32,8 @@ def test_05_fine_tuning_changed_the_model_in_numbers(nb05):
     for turn in ("turn 2", "turn 3"):
         before, after = found["turns"]["base"][turn], found["turns"]["fine-tuned"][turn]
         assert after["questions"] == 30 and after["identity_questions"] == 12
-        assert after["stop_rate"] >= 0.9 > before["stop_rate"] and after["identity_share"] >= 0.8 > before["identity_share"]
+        # identity at turns 2 and 3: 8 of 12 since training rows near an evaluation prompt were removed (10 of 12 before)
+        assert after["stop_rate"] >= 0.9 > before["stop_rate"] and after["identity_share"] >= 0.6 > before["identity_share"]
     answers = found["heldout_answers"]["fine-tuned"]
     assert sum(a["identity"] for a in answers if a["kind"] == "identity") / 25 == pytest.approx(tuned["identity_share"])
 
