@@ -3,16 +3,20 @@
 The code a learner must understand is written in the notebooks; the functions a command line also
 needs are marked ``#@save`` there and kept here as the same text (tests/test_course_shape.py holds
 them equal). Each module names the notebook that teaches it. Nothing runs on import but quieting
-one harmless warning (below).
+two harmless messages (below).
 """
 
 import logging
+import warnings
 from pathlib import Path
 
 # bitsandbytes on a CPU offers an optional faster 4-bit kernel that it would fetch from the Hugging Face hub,
 # and says so in red on import ("Failed to load CPU gemm_4bit_forward from kernels-community ... pip install
 # kernels"). Nothing is missing without it, so the course keeps that one logger quiet.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+# PEFT still reads transformers' `is_gradient_checkpointing`, renamed `is_activation_checkpointing`, and each read
+# prints a FutureWarning under the cell that has nothing to do with the learner's code.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,9 +48,6 @@ def shown(path) -> str:
 def run_cli(main) -> None:
     """Run a command line's ``main()``; a CourseError becomes one line on stderr and exit 2."""
     import sys
-    import warnings
-
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")  # peft calls a renamed property
 
     try:
         code = main()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from helpers import CourseError, resolve, shown
 from helpers.families import has_chat_template
-from helpers.machine import fits, gpu_info
+from helpers.machine import fits, get_recipe, gpu_info
 from helpers.recipes import Recipe, read_recipe, recipe_names
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
@@ -100,10 +100,11 @@ def preflight(recipe: Recipe, output_dir=None, resume: bool = False) -> Path | N
     return check_output_dir(output_dir, resume) if output_dir is not None else None
 
 
-def check_adapter(adapter_dir) -> tuple[Path, Recipe]:
+def check_adapter(adapter_dir, recipe_name: str = "auto") -> tuple[Path, Recipe]:
     """The adapter's path and the recipe it was trained with, after checking that it loads here: the
-    directory is an adapter, its base model is present, its shapes fit that base, and this machine can run it."""
-    adapter_dir = resolve(adapter_dir)
+    directory is an adapter, its base model is present, its shapes fit that base, and this machine can run it.
+    ``adapter_dir`` None means the ``output_dir`` of the recipe ``recipe_name`` (``auto``: the one for this machine)."""
+    adapter_dir = resolve(adapter_dir if adapter_dir is not None else get_recipe(recipe_name).output_dir)
     if not adapter_dir.is_dir():
         raise CourseError(f"{shown(adapter_dir)} does not exist: train one with `python -m helpers.train` "
                           "(or notebook 04), or check the adapter path.")

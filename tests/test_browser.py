@@ -26,9 +26,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (CHROMIUM.exists() and DR
     "Chromium is not installed: apt-get install -y chromium chromium-driver fonts-noto-cjk (as root; .ci/run does)"))]
 
 
-def with_parameters(name, target, **values):
-    """A copy of a notebook whose parameters cell says ``values``, as a learner would type them."""
+def with_parameters(name, target, solutions=True, **values):
+    """A copy of a notebook whose parameters cell says ``values``, as a learner would type them; without its
+    exercise solutions when ``solutions`` is false (those that train run in the notebook's own papermill test)."""
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    if not solutions:
+        nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     for key, value in values.items():
         typed = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)  # "tiny", as typed
@@ -44,9 +47,9 @@ def lab(tmp_path_factory, adapter):
     (root / "notebooks").mkdir()
     shutil.copy(NOTEBOOKS / "03_dataset_formatting.ipynb", root / "notebooks")  # as committed: it must open clean
     with_parameters("04_lora_sft.ipynb", root / "notebooks", RECIPE="tiny", OUTPUT_DIR=str(root / "adapter"),
-                    MAX_STEPS=3, TRACKING="disabled")
+                    MAX_STEPS=3, TRACKING="disabled", solutions=False)
     with_parameters("05_adapter_chat.ipynb", root / "notebooks", ADAPTER_DIR=str(adapter),
-                    MERGED_DIR=str(root / "merged"), HELDOUT_LIMIT=1, MAX_NEW_TOKENS=48)
+                    MERGED_DIR=str(root / "merged"), HELDOUT_LIMIT=1, MAX_NEW_TOKENS=48, solutions=False)
     with_parameters("06_serving.ipynb", root / "notebooks", ADAPTER_DIR=str(adapter),
                     MERGED_DIR=str(root / "merged-06"), PORT=free_port())
     with socket.socket() as s:

@@ -84,3 +84,11 @@ def test_05_refuses_a_missing_adapter_in_one_sentence(tmp_path, tiny_dir):
     run = execute("05_adapter_chat.ipynb", tmp_path, ADAPTER_DIR=str(tmp_path / "no-adapter"))
     assert run.status.startswith("failed: CourseError") and "does not exist" in run.status
     assert "Traceback" not in run.shown and run.record is None
+
+
+def test_05_exercise_6_trains_two_identity_shares_and_measures_both(nb05):
+    cell = next(c for c in nb05.notebook.cells if "by_share = {}" in c.source)
+    table = "".join(o["data"]["text/plain"] for o in cell.outputs if "text/plain" in o.get("data", {}))
+    assert "identity share 5%, 60 steps" in table and "identity share 40%, 60 steps" in table, table
+    rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in table.splitlines()[1:]}
+    assert set(rows) == {"identity", "leakage"} and all(0 <= x <= 1 for r in rows.values() for x in r)
