@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -91,16 +92,21 @@ def make_kit(out="kit", requirements=None, with_9b=False) -> Path:
     return out
 
 
+def venv_python(venv: Path, windows: bool = os.name == "nt") -> Path:
+    """The Python of a virtual environment: Scripts\\python.exe on Windows, bin/python elsewhere."""
+    return venv / "Scripts" / "python.exe" if windows else venv / "bin" / "python"
+
+
 def install(kit, requirements=None) -> Path:
     """Install this course checkout from a kit with no network: the venv from its wheels, the models copied."""
     kit = Path(kit).resolve()
     if not (kit / "wheels").is_dir():
         raise CourseError(f"{kit} is not a course kit (no wheels/ in it): give the folder `make kit` wrote.")
     venv = REPO_ROOT / ".venv"
-    if not (venv / "bin" / "python").exists():
+    if not venv_python(venv).exists():  # made by the Python that runs this, on any platform
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     target = ["-e", f"{REPO_ROOT}[qlora]"] if requirements is None else list(requirements)
-    done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
+    done = subprocess.run([str(venv_python(venv)), "-m", "pip", "install", "--quiet", "--no-index",
                            "--find-links", str(kit / "wheels"), *target])
     if done.returncode:
         raise CourseError(f"a package is missing from {kit / 'wheels'}: make the kit again on a machine like this one.")

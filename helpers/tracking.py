@@ -62,6 +62,5 @@ def start_tracking(mode: str = "auto", name: str | None = None, config: dict | N
         print(f"SwanLab cloud did not start ({type(err).__name__}); logging locally instead")
         mode, why = "local", "cloud failed"
         swanlab.init(mode="local", **kwargs)
-    hint = f"; open it with `swanlab watch {log_dir()}`" if mode == "local" else ""
-    print(f"tracking: SwanLab {mode} ({why}){hint}")
+    print(f"tracking: SwanLab {mode} ({why})")  # where the run lies and how to view it: SwanLab's own lines above
     return mode

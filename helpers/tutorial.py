@@ -29,7 +29,12 @@ def notebooks(only: list[str] | None = None) -> list:
 
 
 def run_notebook(path, out_dir, parameters: dict, timeout: int = 3600, progress: bool = False) -> tuple[str, float, object]:
-    """Execute one notebook in a fresh kernel in its folder; returns (status, seconds, executed copy)."""
+    """Execute one notebook in a fresh kernel in its folder; returns (status, seconds, executed copy).
+
+    The kernel runs without the libraries' tqdm bars (datasets' `Map`, transformers' `Loading weights`): a saved
+    copy would keep each at the first frame it drew, 0%. The trainer's own progress table stays."""
+    import os
+
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
@@ -37,6 +42,8 @@ def run_notebook(path, out_dir, parameters: dict, timeout: int = 3600, progress:
     out.parent.mkdir(parents=True, exist_ok=True)
     declared = pm.inspect_notebook(str(path))
     params = {k: v for k, v in parameters.items() if k in declared}
+    for quiet in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):  # the kernel inherits these
+        os.environ.setdefault(quiet, "1")
     start = time.perf_counter()
     try:
         pm.execute_notebook(str(path), str(out), parameters=params, cwd=str(path.parent), kernel_name="python3",

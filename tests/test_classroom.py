@@ -9,7 +9,7 @@ import pytest
 
 from conftest import execute
 from helpers import REPO_ROOT
-from helpers.classroom import PLACEHOLDER, write_student_copies
+from helpers.classroom import PLACEHOLDER, venv_python, write_student_copies
 from helpers.tutorial import free_port
 
 
@@ -28,6 +28,15 @@ def test_student_copies_leave_every_solution_blank(tmp_path):
         assert not student_code & {"".join(c["source"]) for c in solutions}, copy.name  # no solution text left
 
 
+def test_the_kit_installs_with_the_python_of_each_platform(tmp_path):
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    here = venv_python(tmp_path / "venv")
+    assert here.is_file() and subprocess.run([str(here), "-c", "import sys; print(sys.prefix)"], capture_output=True,
+                                             text=True).stdout.strip() == str(tmp_path / "venv")
+    assert venv_python(tmp_path / "venv", windows=True).relative_to(tmp_path).parts == ("venv", "Scripts", "python.exe")
+    assert venv_python(tmp_path / "venv", windows=False).relative_to(tmp_path).parts == ("venv", "bin", "python")
+
+
 @pytest.mark.slow
 def test_student_copies_run(tmp_path, adapter):
     """Each copy runs once under papermill, up to and through its blank exercises (04 and 05 kept short; 05 and 06
@@ -37,10 +46,19 @@ def test_student_copies_run(tmp_path, adapter):
                 "05": dict(ADAPTER_DIR=str(adapter), MERGED_DIR=str(tmp_path / "merged"), HELDOUT_LIMIT=1,
                            MAX_NEW_TOKENS=32, CHAT_SCRIPT=["你好"]),
                 "06": dict(ADAPTER_DIR=str(adapter), MERGED_DIR=str(tmp_path / "merged-06"), PORT=free_port())}
+    # a student's answer to 06's first exercise, typed into the blank cell: the server must be running for it
+    attempt = "reply = client.chat.completions.create(model=model_name, messages=question, max_tokens=8)\nprint(reply.choices[0].finish_reason)"
+    nb06 = next(c for c in copies if c.name.startswith("06"))
+    cells = json.loads(nb06.read_text(encoding="utf-8"))
+    next(c for c in cells["cells"] if "answer" in c["metadata"].get("tags", []))["source"] = attempt
+    nb06.write_text(json.dumps(cells, ensure_ascii=False), encoding="utf-8")
     for copy in copies:
         run = execute(copy, tmp_path / copy.stem, **settings.get(copy.name[:2], {"RECIPE": "tiny"}))
         assert run.status == "ok", (copy.name, run.status)
         assert run.record is not None and run.stderr == []
+        if copy == nb06:
+            answered = next(c for c in run.notebook.cells if c.source == attempt)
+            assert "".join(o.get("text", "") for o in answered.outputs).strip() == "length"
 
 
 @pytest.mark.slow

@@ -1,5 +1,7 @@
 """The before/after measures: which rows are identity questions, the eval loss, the switch to the base."""
 
+import json
+
 import pytest
 import torch
 
@@ -86,3 +88,16 @@ def test_evaluate_command_prints_base_and_fine_tuned(tmp_path, random_adapter):
     assert all(cell.endswith("%") for cell in lines[-1].split()[1:]) and len(lines[-1].split()) == 1 + 5
     code, _, err = run_main(main, "--adapter", str(tmp_path / "nothing"))
     assert code == 2 and "does not exist" in err and "Traceback" not in err
+
+
+def test_the_readmes_table_of_recipes_tried_shows_the_recorded_measurements():
+    """Each row of benchmarks/results/fine_tune_quality.jsonl is a row of the README's table, with the same numbers."""
+    from helpers import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in (REPO_ROOT / "benchmarks/results/fine_tune_quality.jsonl").open(encoding="utf-8")]
+    assert len(rows) >= 10
+    for row in rows:
+        cells = [str(row["steps"]), f"{row['train_seconds']:.0f}", f"{row['eval_loss']:.2f}",
+                 *(f"{row[k]:.0%}" for k in ("stop rate", "identity", "leakage", "turn-2 identity", "turn-2 stop"))]
+        assert " | " + " | ".join(cells) + " |\n" in readme, row["name"]

@@ -2,6 +2,8 @@
 
 It runs once per session; a learner's variants run its cells in this process (``run_cells``)."""
 
+import re
+
 import pytest
 
 from conftest import execute, run_cells
@@ -52,6 +54,7 @@ def test_03_shows_the_histogram_and_the_label_mask(nb03):
     assert any("image/png" in o.get("data", {}) for o in nb03.outputs)  # the length histogram
     assert "text/html" in nb03.shown and "[不训练]" in nb03.shown and "[训练]" in nb03.shown
     assert nb03.stderr == []  # no red warning under any cell (bitsandbytes' kernel notice included)
+    assert not re.search(r"\d+%\|", nb03.shown)  # no library progress bar, saved at the frame it first drew
 
 
 def test_03_with_another_end_token_says_which_property_broke(tiny_dir):

@@ -6,6 +6,8 @@ It runs once per session (conftest's ``nb04``); a learner's edits to its cells a
 import json
 import math
 
+import re
+
 import pytest
 
 from helpers.data import IDENTITY, load_alpaca
@@ -58,6 +60,7 @@ def test_04_shows_predictions_a_progress_table_and_the_loss_plot(nb04):
     # training shows as the Trainer's table (one row per evaluation), not as raw log dicts
     assert "<progress" in nb04.shown and "Validation Loss" in nb04.shown and "{'loss':" not in nb04.shown
     assert nb04.stderr == []  # no red warning under any cell
+    assert not re.search(r"\d+%\|", nb04.shown)  # no library progress bar, saved at the frame it first drew
 
 
 def test_04_exercise_4_refuses_to_write_over_the_finished_run(nb04):

@@ -3,6 +3,8 @@
 It runs once per session; that its earlier cells still run after the merge is tried in the copied-script test.
 """
 
+import re
+
 import pytest
 
 from conftest import execute
@@ -78,6 +80,7 @@ def test_05_shows_the_chart_and_a_scrolling_chat_box(nb05):
     assert "image/png" in kinds and "application/vnd.jupyter.widget-view+json" in kinds
     assert "stopped on an end id" in nb05.shown and "turn now: 0" in nb05.shown
     assert nb05.stderr == []  # no red warning under any cell
+    assert not re.search(r"\d+%\|", nb05.shown)  # no library progress bar, saved at the frame it first drew
 
 
 def test_05_refuses_a_missing_adapter_in_one_sentence(tmp_path, tiny_dir):
