@@ -26,6 +26,10 @@ def test_notebook_is_stripped_and_follows_the_skeleton(path):
         assert isinstance(node, ast.Assign) and node.targets[0].id.isupper()
         ast.literal_eval(node.value)
     record = [c for c in code if "record" in c.metadata.get("tags", [])]
+    # cells the exercises need in every copy, students' included (06: the server, restarted and stopped again)
+    exercise_setup = [c for c in code if "exercise-setup" in c.metadata.get("tags", [])]
+    assert all(code.index(c) > code.index(record[0]) for c in exercise_setup), "exercise setup comes after the lesson"
+    code = [c for c in code if c not in exercise_setup]
     solutions = [c for c in code if "solution" in c.metadata.get("tags", [])]
     cleanup = [c for c in code if "cleanup" in c.metadata.get("tags", [])]  # frees the GPU for the next notebook
     assert len(cleanup) <= 1 and (not cleanup or cleanup[0] is code[-1]), "a cleanup cell comes last"
