@@ -5,7 +5,6 @@ It runs once per session (conftest's ``nb04``); a learner's edits to its cells a
 
 import json
 import math
-
 import re
 
 import pytest
