@@ -18,8 +18,16 @@ PROJECT = "glm4-lora-course"
 
 
 def log_dir() -> str:
-    """Where local and offline runs are written: SWANLAB_LOG_DIR, else swanlog/ in the repository."""
-    return os.environ.get("SWANLAB_LOG_DIR") or str(resolve("swanlog"))
+    """Where local and offline runs are written: SWANLAB_LOG_DIR, else swanlog/ in the repository.
+
+    The default is given relative to the working directory (``swanlog`` or ``../swanlog``), so the lines SwanLab
+    prints name no machine's folders, and stay true in a copied notebook."""
+    if os.environ.get("SWANLAB_LOG_DIR"):
+        return os.environ["SWANLAB_LOG_DIR"]
+    try:
+        return os.path.relpath(resolve("swanlog"))
+    except ValueError:  # Windows: another drive than the working directory's
+        return str(resolve("swanlog"))
 
 
 def swanlab_state() -> tuple[str, str]:

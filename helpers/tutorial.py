@@ -32,7 +32,8 @@ def run_notebook(path, out_dir, parameters: dict, timeout: int = 3600, progress:
     """Execute one notebook in a fresh kernel in its folder; returns (status, seconds, executed copy).
 
     The kernel runs without the libraries' tqdm bars (datasets' `Map`, transformers' `Loading weights`): a saved
-    copy would keep each at the first frame it drew, 0%. The trainer's own progress table stays."""
+    copy would keep each at the first frame it drew, 0%. The trainer's own progress table stays. The copy names
+    paths from the repository's root, as `shown` does (``name_paths_from_the_repository``)."""
     import os
 
     import papermill as pm
@@ -54,7 +55,36 @@ def run_notebook(path, out_dir, parameters: dict, timeout: int = 3600, progress:
         status = f"failed: {err.ename}: {str(err.evalue).splitlines()[0][:120] if err.evalue else ''}"
     except DeadKernelError:  # usually the system killed it for memory: the series stops here, said in one line
         status = "failed: the kernel died, most often out of memory: close other notebooks, or use a smaller recipe"
-    return status, time.perf_counter() - start, out
+    seconds = time.perf_counter() - start
+    if out.is_file():
+        name_paths_from_the_repository(out)
+    return status, seconds, out
+
+
+def name_paths_from_the_repository(copy) -> None:
+    """Rewrite an executed copy's outputs and papermill's record of where it ran so that paths inside the repository
+    read as `shown` writes them (``runs/adapter``, not ``/home/you/course/runs/adapter``): the copy can be handed out
+    or compared across machines. Only whole path prefixes are replaced; the cells' sources are left as they are."""
+    import json
+    import re
+
+    inside = re.compile(re.escape(str(REPO_ROOT)) + r"(?:[/\\\\]|(?![\w.-]))")  # the root, then a separator or the end
+
+    def relative(value):
+        if isinstance(value, str):
+            return inside.sub(lambda m: "" if len(m.group()) > len(str(REPO_ROOT)) else ".", value)
+        if isinstance(value, list):
+            return [relative(v) for v in value]
+        if isinstance(value, dict):
+            return {k: relative(v) for k, v in value.items()}
+        return value
+
+    nb = json.loads(copy.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if "outputs" in cell:
+            cell["outputs"] = relative(cell["outputs"])
+    nb["metadata"]["papermill"] = relative(nb["metadata"].get("papermill", {}))
+    copy.write_text(json.dumps(nb, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 def free_port() -> int:

@@ -94,6 +94,27 @@ def test_tutorial_command_runs_notebooks_and_prints_a_table(tutorial):
             with pytest.raises(Exception):
                 preflight(read_recipe(name))
     assert len(rows) == 1 + sum((out / name / "00_environment.ipynb").is_file() for name in ("glm4-9b", "glm4-9b-qlora"))
+    assert str(REPO_ROOT) not in (out / "tiny" / "00_environment.ipynb").read_text(encoding="utf-8")  # no machine's folders
+
+
+def test_an_executed_copy_names_paths_from_the_repository(tmp_path):
+    from helpers.tutorial import name_paths_from_the_repository
+
+    root = str(REPO_ROOT)
+    cell = {"cell_type": "code", "source": [f"print('{root}/runs')"], "metadata": {}, "execution_count": 1,
+            "outputs": [{"output_type": "stream", "name": "stdout", "text": [f"output {root}/runs/adapter\n", f"in {root}\n"]},
+                        {"output_type": "execute_result", "metadata": {}, "execution_count": 1,
+                         "data": {"application/json": {"adapter_dir": f"{root}/runs/adapter", "other": f"{root}2/x"}}}]}
+    copy = tmp_path / "copy.ipynb"
+    copy.write_text(json.dumps({"cells": [cell], "metadata": {"papermill": {"input_path": f"{root}/notebooks/a.ipynb"}},
+                                "nbformat": 4, "nbformat_minor": 5}), encoding="utf-8")
+    name_paths_from_the_repository(copy)
+    nb = json.loads(copy.read_text(encoding="utf-8"))
+    (stream, result), = [nb["cells"][0]["outputs"]]
+    assert stream["text"] == ["output runs/adapter\n", "in .\n"]
+    assert result["data"]["application/json"] == {"adapter_dir": "runs/adapter", "other": f"{root}2/x"}  # another folder
+    assert nb["metadata"]["papermill"]["input_path"] == "notebooks/a.ipynb"
+    assert nb["cells"][0]["source"] == cell["source"]  # what was run stays as it was
 
 
 def test_the_copies_of_a_series_name_no_folder_of_this_machine():

@@ -330,3 +330,15 @@ def test_the_recipe_reaches_sft_trainer_through_four_modules_and_never_climbs_ba
     assert modules == ["helpers.train", "helpers.checks", "helpers.machine", "trl"], ours
     order = {name: i for i, name in enumerate(modules)}
     assert all(order[callee] >= order[caller] for caller, callee in ours), ours  # never back up to a module it left
+
+
+def test_swanlabs_folder_is_named_relative_to_where_the_notebook_runs(monkeypatch):
+    from helpers.tracking import log_dir
+
+    monkeypatch.delenv("SWANLAB_LOG_DIR", raising=False)
+    monkeypatch.chdir(REPO_ROOT / "notebooks")  # papermill and JupyterLab run a notebook in its folder
+    assert log_dir() == os.path.join("..", "swanlog")  # what SwanLab prints: no machine's folders
+    monkeypatch.chdir(REPO_ROOT)
+    assert log_dir() == "swanlog"
+    monkeypatch.setenv("SWANLAB_LOG_DIR", "/data/runs")
+    assert log_dir() == "/data/runs"
