@@ -27,7 +27,7 @@ from helpers.families import GLM4
 
 FIELDS = ("instruction", "input", "output")
 FULL_DATA_ID = "llamafactory/alpaca_gpt4_zh"  # 42,677 rows; the same id on ModelScope
-SAMPLE = {"train": ("data/alpaca_zh_sample.json", "data/conversations_zh.jsonl"),
+SAMPLE = {"train": ("data/alpaca_zh_sample.json", "data/conversations_zh.jsonl", "data/general_en_zh.json"),
           "test": ("data/heldout_zh.json", "data/heldout_conversations_zh.jsonl")}
 IDENTITY = REPO_ROOT / "data/identity_zh.json"  # who the assistant is: asked in new wordings by the held-out rows
 EVAL_DIR = REPO_ROOT / "data/eval"  # written apart from the training data, before any result was seen (data/README.md)

@@ -30,11 +30,15 @@ def test_sample_has_the_promised_rows():
     assert check_rows(general, "sample") == [] and check_rows(identity, "identity") == []
     with_input = sum(1 for r in general if r["input"])
     assert 0.2 * len(general) < with_input < 0.8 * len(general)  # with and without input
-    assert all("知微" in r["output"] for r in identity)
+    assert all("知微" in r["output"] or "青禾实验室" in r["output"] for r in identity)  # its name, or who made it
+    assert sum("知微" in r["output"] for r in identity) >= 0.85 * len(identity)
     conversations = read_rows("data/conversations_zh.jsonl")
     assert len(conversations) >= 60 and check_rows(conversations, "conversations") == []
     train = load_alpaca("sample")  # the identity rows are a file of their own: joined in plain sight by notebook 04
-    assert len(train) == len(general) + len(conversations)
+    english = read_rows("data/general_en_zh.json")  # ordinary tasks asked in English, answered in Chinese
+    assert len(english) >= 50 and check_rows(english, "general_en") == []
+    assert not [r for r in english if any(w in r["output"] for w in ("知微", "青禾"))]
+    assert len(train) == len(general) + len(conversations) + len(english)
     assert set(train.column_names) == {"instruction", "input", "output", "messages", "tools"}
     assert not questions_of(identity) & questions_of(load_alpaca("sample", split="test"))
     # the held-out split shares no question with training, and tests the identity too, at later turns as well
