@@ -31,7 +31,8 @@ class CourseArguments:
     identity: bool | None = field(default=None, metadata={
         "help": "join data/identity_zh.json to the training rows (default: with the course's sample only)"})
     identity_share: float | None = field(default=None, metadata={
-        "help": "the identity rows' share of the training rows, sampled or repeated to reach it (default: each once)"})
+        "help": "the identity examples' share of the training rows (each row alone and in a conversation), sampled or "
+        "repeated to reach it (default: each row once, alone and in a conversation)"})
     early_stopping_patience: int | None = field(default=None, metadata={
         "help": "stop after this many evaluations without a lower eval loss (transformers' EarlyStoppingCallback)"})
     tracking: str = field(default="auto", metadata={"help": "SwanLab: auto, cloud, local, offline or disabled"})

@@ -1,15 +1,37 @@
-"""The two training callbacks of notebook 04: prediction samples during training, and a stop on nan.
+"""Notebook 04's own code: the identity asked inside conversations, and the two training callbacks (prediction
+samples during training, and a stop on nan).
 
-Taught in notebook 04, where they are written; ``python -m helpers.train`` trains with the same callbacks.
+Taught in notebook 04, where they are written; ``python -m helpers.train`` trains with the same data and callbacks.
 """
 
 import math
+import random
 
 import swanlab
 import torch
+from datasets import Dataset
 from transformers import TrainerCallback
 
-# ---- #@save from notebooks/04_lora_sft.ipynb: PredictionCallback, TrainingDiverged, DivergenceCallback (make sync writes this block) ----
+# ---- #@save from notebooks/04_lora_sft.ipynb: identity_in_conversations, PredictionCallback, TrainingDiverged, DivergenceCallback (make sync writes this block) ----
+def identity_in_conversations(identity, tasks, seed=42):  #@save
+    """Each identity row asked again inside a two-turn conversation, beside a single question drawn from `tasks`:
+    after that task in every other conversation, before it in the rest. The name is then learned at turn 2 too,
+    after another answer, and a task asked after the identity question learns a plain answer."""
+    def turn(row):  # an Alpaca row as a question and its answer
+        question = f"{row['instruction']}\n\n{row['input']}" if row["input"].strip() else row["instruction"]
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": row["output"]}]
+
+    singles = [row for row in tasks if not row.get("messages")]  # Alpaca rows, not conversations
+    if not singles:
+        raise ValueError("no single question among the tasks to ask the identity beside: give Alpaca rows too.")
+    rng = random.Random(seed)  # the same conversations every run
+    talks = []
+    for n, row in enumerate(identity):
+        task = rng.choice(singles)
+        talks.append({"messages": turn(task) + turn(row) if n % 2 == 0 else turn(row) + turn(task)})
+    return Dataset.from_list(talks)
+
+
 class PredictionCallback(TrainerCallback):  #@save
     """At every evaluation, answers a few fixed questions (greedy) and keeps the answers, so you see what is learned."""
 

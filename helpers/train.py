@@ -31,7 +31,7 @@ from helpers.data import IDENTITY, load_alpaca
 from helpers.formatting import prepare_dataset
 from helpers.machine import choose
 from helpers.recipes import CourseArguments, Recipe, read_recipe
-from helpers.sft import DivergenceCallback, PredictionCallback, TrainingDiverged
+from helpers.sft import DivergenceCallback, PredictionCallback, TrainingDiverged, identity_in_conversations
 from helpers.tracking import start_tracking
 
 
@@ -128,17 +128,23 @@ def keep_4bit_trainable(model):
 
 
 def training_rows(course: CourseArguments, tokenizer, max_length: int, seed: int):
-    """The training and evaluation examples of a recipe, prepared as notebook 04 prepares them: the data's rows, the
-    course's identity rows joined (to its sample by default; ``identity_share`` sets their share)."""
+    """The training and evaluation examples of a recipe, prepared as notebook 04 prepares them: the data's rows, and
+    the course's identity rows joined (to its sample by default), each once alone and once inside a conversation
+    beside another task; ``identity_share`` sets the share of these identity examples."""
     from datasets import concatenate_datasets
 
-    train_set = prepare_dataset(load_alpaca(course.data), tokenizer, max_length)
+    rows = load_alpaca(course.data)
+    train_set = prepare_dataset(rows, tokenizer, max_length)
     if course.data == "sample" if course.identity is None else course.identity:  # who the assistant is
-        identity = prepare_dataset(load_alpaca(IDENTITY, split="all"), tokenizer, max_length)
-        if course.identity_share is not None:  # so many identity rows that they make up this share of the whole
-            wanted = round(course.identity_share / (1 - course.identity_share) * len(train_set))
+        identity = load_alpaca(IDENTITY, split="all")
+        if course.identity_share is not None:  # identity examples (rows and conversations) make up this share
+            wanted = round(course.identity_share / (1 - course.identity_share) * len(train_set) / 2)
             identity = identity.shuffle(seed=seed).select([i % len(identity) for i in range(wanted)])  # repeats if few
-        train_set = concatenate_datasets([train_set, identity])
+        try:
+            talks = identity_in_conversations(identity, rows, seed)  # each asked again, beside another task
+        except ValueError as err:  # the data holds conversations only
+            raise CourseError(str(err)) from None
+        train_set = concatenate_datasets([train_set, *(prepare_dataset(d, tokenizer, max_length) for d in (identity, talks))])
     eval_set = prepare_dataset(load_alpaca(course.data, split="test"), tokenizer, max_length)
     if not len(train_set) or not len(eval_set):
         raise CourseError(f"no example of {course.data!r} fits in max_length {max_length}: raise --max_length.")

@@ -5,7 +5,9 @@ import re
 
 import pytest
 
-from helpers.data import DataError, FULL_DATA_ID, check_rows, in_test_split, load_alpaca, read_rows, summarize
+from helpers.data import IDENTITY, DataError, FULL_DATA_ID, check_rows, in_test_split, load_alpaca, read_rows, summarize
+from helpers.formatting import to_messages
+from helpers.sft import identity_in_conversations
 from conftest import run_module
 
 
@@ -107,6 +109,23 @@ def test_split_of_a_local_file(tmp_path):
     assert not set(train["instruction"]) & set(test["instruction"])
     # a learner's own data is theirs: the course's identity rows are never added to it
     assert not any("知微" in o for o in train["output"])
+
+
+def test_identity_is_asked_again_inside_conversations_beside_other_tasks():
+    identity = load_alpaca(IDENTITY, split="all")
+    tasks = load_alpaca("sample")
+    talks = identity_in_conversations(identity, tasks)
+    assert len(talks) == len(identity) and talks.to_list() == identity_in_conversations(identity, tasks).to_list()
+    singles = {to_messages(row)[0]["content"]: row["output"] for row in tasks if not row["messages"]}
+    for n, (row, talk) in enumerate(zip(identity, talks)):
+        users, answers = talk["messages"][0::2], talk["messages"][1::2]
+        assert [m["role"] for m in talk["messages"]] == ["user", "assistant"] * 2
+        asked, task = (1, 0) if n % 2 == 0 else (0, 1)  # the identity second in every other conversation
+        assert users[asked]["content"] == to_messages(row)[0]["content"] and answers[asked]["content"] == row["output"]
+        assert singles[users[task]["content"]] == answers[task]["content"]  # a single question of the tasks, as it is
+    assert len({talk["messages"][0]["content"] for talk in talks}) > 150  # many different tasks, not one
+    with pytest.raises(ValueError, match="no single question"):
+        identity_in_conversations(identity, [{"messages": [{"role": "user", "content": "x"}]}])
 
 
 def test_full_data_offline_fails_fast_with_the_alternatives():

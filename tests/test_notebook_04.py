@@ -19,10 +19,11 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.
 
 
 def planned_steps(recipe) -> int:
-    """The Trainer's step count for the sample and its identity rows: ceil(epochs x batches per epoch), or max_steps."""
+    """The Trainer's step count for the sample and its identity rows (each alone and inside a conversation):
+    ceil(epochs x batches per epoch), or max_steps."""
     if recipe.get("max_steps", -1) > 0:
         return recipe["max_steps"]
-    rows = len(load_alpaca("sample")) + len(load_alpaca(IDENTITY, split="all"))
+    rows = len(load_alpaca("sample")) + 2 * len(load_alpaca(IDENTITY, split="all"))  # alone, and in a conversation
     per_epoch = math.ceil(math.ceil(rows / recipe["per_device_train_batch_size"]) / recipe["gradient_accumulation_steps"])
     return math.ceil(recipe["num_train_epochs"] * per_epoch)
 

@@ -273,8 +273,8 @@ def test_ddp_on_two_cpu_processes_splits_the_data_and_saves_one_adapter(tmp_path
     result = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     found = results(out)
-    # each of the 2 processes trained its own half of the sample and identity rows in batches of 8
-    per_process = -(-(len(load_alpaca("sample")) + len(load_alpaca("data/identity_zh.json", split="all"))) // 2)
+    # each of the 2 processes trained its own half of the sample and identity examples in batches of 8
+    per_process = -(-(len(load_alpaca("sample")) + 2 * len(load_alpaca("data/identity_zh.json", split="all"))) // 2)
     assert found["steps"] == 2 and found["epoch"] == pytest.approx(2 / -(-per_process // 8), rel=1e-3)
     assert (out / "adapter_model.safetensors").is_file() and result.stdout.count("adapter saved to") == 1
 
