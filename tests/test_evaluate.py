@@ -101,3 +101,17 @@ def test_the_readmes_table_of_recipes_tried_shows_the_recorded_measurements():
         cells = [str(row["steps"]), f"{row['train_seconds']:.0f}", f"{row['eval_loss']:.2f}",
                  *(f"{row[k]:.0%}" for k in ("stop rate", "identity", "leakage", "turn-2 identity", "turn-2 stop"))]
         assert " | " + " | ".join(cells) + " |\n" in readme, row["name"]
+
+
+def test_the_readmes_table_of_preference_runs_shows_the_recorded_measurements():
+    """Each row of benchmarks/results/dpo_quality.jsonl (benchmarks/dpo_quality.py) is a row of the README's DPO table."""
+    from helpers import REPO_ROOT
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in (REPO_ROOT / "benchmarks/results/dpo_quality.jsonl").open(encoding="utf-8")]
+    assert len(rows) >= 3
+    for row in rows:
+        cells = [str(row["pair_count"]), str(row["steps"]), f"{row['train_seconds']:.0f}",
+                 *(f"{row[k]:.0%}" for k in ("stop rate", "identity", "leakage", "turn-2 identity", "turn-2 stop"))]
+        assert " | " + " | ".join(cells) + " |\n" in readme, row["name"]
+
