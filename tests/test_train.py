@@ -132,6 +132,17 @@ def test_bad_data_stops_before_loading(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_the_identity_joined_to_conversations_only_stops_in_one_line(tmp_path, tiny_dir):
+    talks = tmp_path / "talks.jsonl"
+    lines = [json.dumps({"messages": [{"role": "user", "content": f"问题{i}"}, {"role": "assistant", "content": f"回答{i}"}]},
+                        ensure_ascii=False) for i in range(60)]
+    talks.write_text("\n".join(lines), encoding="utf-8")
+    code, _, err = run_main(main, "--config", "tiny", "--data", str(talks), "--identity", "true",
+                            "--output_dir", str(tmp_path / "x"), "--tracking", "disabled")
+    assert code == 2 and "no single question among the tasks" in err  # to ask the identity beside, in conversations
+    assert "Traceback" not in err and not (tmp_path / "x").exists()
+
+
 @pytest.mark.slow
 def test_a_recipe_file_of_ones_own_trains_with_flags_winning(tmp_path, tiny_dir):
     config = tmp_path / "mine.yaml"
