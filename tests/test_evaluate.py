@@ -90,28 +90,24 @@ def test_evaluate_command_prints_base_and_fine_tuned(tmp_path, random_adapter):
     assert code == 2 and "does not exist" in err and "Traceback" not in err
 
 
-def test_the_readmes_table_of_recipes_tried_shows_the_recorded_measurements():
-    """Each row of benchmarks/results/fine_tune_quality.jsonl is a row of the README's table, with the same numbers."""
+# each results file of benchmarks/ whose rows the README tabulates: its leading columns, and how few rows it may hold
+TABLES = {"fine_tune_quality.jsonl": (lambda row: [str(row["steps"]), f"{row['train_seconds']:.0f}",
+                                                   f"{row['eval_loss']:.2f}"], 10),
+          "dpo_quality.jsonl": (lambda row: [str(row["pair_count"]), str(row["steps"]),
+                                             f"{row['train_seconds']:.0f}"], 3)}
+
+
+@pytest.mark.parametrize("name", TABLES)
+def test_the_readmes_tables_of_recipes_tried_show_the_recorded_measurements(name):
+    """Each row of benchmarks/results/NAME (fine_tune_quality.py, dpo_quality.py) is a row of a README table,
+    with the same numbers."""
     from helpers import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in (REPO_ROOT / "benchmarks/results/fine_tune_quality.jsonl").open(encoding="utf-8")]
-    assert len(rows) >= 10
+    rows = [json.loads(line) for line in (REPO_ROOT / "benchmarks/results" / name).open(encoding="utf-8")]
+    leading, fewest = TABLES[name]
+    assert len(rows) >= fewest
     for row in rows:
-        cells = [str(row["steps"]), f"{row['train_seconds']:.0f}", f"{row['eval_loss']:.2f}",
-                 *(f"{row[k]:.0%}" for k in ("stop rate", "identity", "leakage", "turn-2 identity", "turn-2 stop"))]
+        cells = [*leading(row), *(f"{row[k]:.0%}" for k in ("stop rate", "identity", "leakage", "turn-2 identity",
+                                                              "turn-2 stop"))]
         assert " | " + " | ".join(cells) + " |\n" in readme, row["name"]
-
-
-def test_the_readmes_table_of_preference_runs_shows_the_recorded_measurements():
-    """Each row of benchmarks/results/dpo_quality.jsonl (benchmarks/dpo_quality.py) is a row of the README's DPO table."""
-    from helpers import REPO_ROOT
-
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in (REPO_ROOT / "benchmarks/results/dpo_quality.jsonl").open(encoding="utf-8")]
-    assert len(rows) >= 3
-    for row in rows:
-        cells = [str(row["pair_count"]), str(row["steps"]), f"{row['train_seconds']:.0f}",
-                 *(f"{row[k]:.0%}" for k in ("stop rate", "identity", "leakage", "turn-2 identity", "turn-2 stop"))]
-        assert " | " + " | ".join(cells) + " |\n" in readme, row["name"]
-
