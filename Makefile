@@ -47,12 +47,15 @@ sync: setup
 	$(PYTHON) -m helpers.sync
 
 # Classroom (docs/workshop.md): student copies with the solutions left blank; an offline kit for a USB
-# stick (WITH_9B=1 adds the 9B weights in weights/); and a student machine installed from it, offline.
+# stick (WITH_9B=1 adds the 9B weights in weights/; PLATFORM=win_amd64, macosx_14_0_arm64 or
+# manylinux_2_28_x86_64 makes it for students on that system, in kit-PLATFORM/); and a student machine installed
+# from it, offline.
 student: setup
 	$(PYTHON) -m helpers.classroom student
 
 kit: setup tiny
-	$(PYTHON) -m helpers.classroom kit $(if $(WITH_9B),--with-9b)
+	$(if $(PLATFORM),$(PYTHON) -m pip install --quiet -e ".[kit]")
+	$(PYTHON) -m helpers.classroom kit $(if $(WITH_9B),--with-9b) $(if $(PLATFORM),--platform $(PLATFORM))
 
 install-kit:
 	@test -n "$(KIT)" || { echo "error: say where the kit is: make install-kit KIT=/path/to/kit"; exit 1; }

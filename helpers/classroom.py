@@ -6,6 +6,7 @@ with any Python 3.11 before the course's environment exists.
     python -m helpers.classroom student                  # student/NN_*.ipynb: the solutions left blank
     python -m helpers.classroom kit --out kit            # wheels, tiny model, data and course, for a USB stick
     python -m helpers.classroom kit --out kit --with-9b  # ... and the 9B weights in weights/, if present
+    python -m helpers.classroom kit --platform win_amd64 # a kit for students on Windows, made here (needs uv)
     python3 -m helpers.classroom install /media/usb/kit  # on a student machine, with no network
 """
 
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from helpers import REPO_ROOT, CourseError, resolve, run_cli, shown
 from helpers.families import FAMILIES
+from helpers.platforms import PLATFORMS, download_for, resolve_for, this_system
 from helpers.tiny import DEFAULT_OUT as TINY
 
 PLACEHOLDER = "# 在这里写你的答案"
@@ -64,16 +66,29 @@ def copy_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, copy_function=shutil.copy, dirs_exist_ok=True)
 
 
-def make_kit(out="kit", requirements=None, with_9b=False) -> Path:
-    """A folder for a USB stick: wheels for the pinned packages, the course, the tiny model, optionally the 9B."""
-    out = resolve(out)
+def make_kit(out=None, requirements=None, with_9b=False, platform=None, python=None) -> Path:
+    """A folder for a USB stick: wheels for the pinned packages, the course, the tiny model, optionally the 9B.
+    ``platform`` (a key of PLATFORMS) makes it for students on another system, for Python ``python``."""
+    if platform and platform not in PLATFORMS:
+        raise CourseError(f"no kit for {platform}: choose one of {', '.join(PLATFORMS)}.")
+    python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
+    out = resolve(out or (f"kit-{platform}" if platform else "kit"))
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
     requirements = requirements or [*pinned_requirements(), "setuptools>=68"]  # setuptools builds the course offline
-    print(f"downloading wheels for {len(requirements)} pinned packages (and what they need) into {shown(wheels)}/")
-    done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheels), *requirements])
-    if done.returncode:
-        raise CourseError("pip could not download every wheel: check the network or the package index, and run again.")
+    print(f"downloading wheels for {len(requirements)} pinned packages (and what they need) into {shown(wheels)}/"
+          + (f", for {platform} and Python {python}" if platform else ""))
+    if platform:
+        pins = resolve_for(platform, requirements, python)
+        download_for(platform, pins, wheels, python)
+        system = PLATFORMS[platform][1]
+    else:
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(wheels), *requirements])
+        if done.returncode:
+            raise CourseError("pip could not download every wheel: check the network or the package index, and run again.")
+        system = this_system()
+    kit_info = {"platform": platform or "this machine", "system": list(system), "python": python}
+    (out / "kit.json").write_text(json.dumps(kit_info, indent=1) + "\n", encoding="utf-8")
     files = subprocess.run(["git", "ls-files"], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split()
     for name in files:  # the course itself, as committed: notebooks, helpers, data, tests
         (out / "course" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -102,6 +117,11 @@ def install(kit, requirements=None) -> Path:
     kit = Path(kit).resolve()
     if not (kit / "wheels").is_dir():
         raise CourseError(f"{kit} is not a course kit (no wheels/ in it): give the folder `make kit` wrote.")
+    info = json.loads((kit / "kit.json").read_text(encoding="utf-8")) if (kit / "kit.json").is_file() else None
+    here = (*this_system(), f"{sys.version_info.major}.{sys.version_info.minor}")
+    if info and (*info["system"], info["python"]) != here:
+        raise CourseError(f"{kit} is a kit for {' '.join(info['system'])} with Python {info['python']}, and this is "
+                          f"{' '.join(here[:2])} with Python {here[2]}: make one for this machine (make kit PLATFORM=...).")
     venv = REPO_ROOT / ".venv"
     if not venv_python(venv).exists():  # made by the Python that runs this, on any platform
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -127,9 +147,11 @@ def main(argv=None) -> int:
     student = commands.add_parser("student", help="write student copies of the notebooks")
     student.add_argument("--out", default="student")
     kit = commands.add_parser("kit", help="write an offline kit")
-    kit.add_argument("--out", default="kit")
+    kit.add_argument("--out", help="where (default kit/, or kit-PLATFORM/ with --platform)")
     kit.add_argument("--with-9b", action="store_true", help="add the 9B weights found in weights/")
     kit.add_argument("--requirements", nargs="+", help="these packages instead of the course's pinned set")
+    kit.add_argument("--platform", choices=PLATFORMS, help="for students on this system (default: this machine's)")
+    kit.add_argument("--python", help="for students with this Python, e.g. 3.12 (default: the one running this)")
     setup = commands.add_parser("install", help="install this checkout from a kit, offline")
     setup.add_argument("kit")
     setup.add_argument("--requirements", nargs="+", help="these packages instead of the course (a check of the kit)")
@@ -137,7 +159,7 @@ def main(argv=None) -> int:
     if args.command == "student":
         write_student_copies(args.out)
     elif args.command == "kit":
-        make_kit(args.out, args.requirements, args.with_9b)
+        make_kit(args.out, args.requirements, args.with_9b, args.platform, args.python)
     else:
         install(args.kit, args.requirements)
     return 0

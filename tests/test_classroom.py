@@ -8,8 +8,9 @@ import sys
 import pytest
 
 from conftest import execute
-from helpers import REPO_ROOT
-from helpers.classroom import PLACEHOLDER, venv_python, write_student_copies
+from helpers import REPO_ROOT, CourseError
+from helpers.classroom import PLACEHOLDER, install, pinned_requirements, venv_python, write_student_copies
+from helpers.platforms import PLATFORMS, missing_wheels, resolve_for, this_system
 from helpers.tutorial import free_port
 
 
@@ -70,6 +71,7 @@ def test_a_kit_installs_a_machine_with_no_index(tmp_path, tiny_dir):
     assert made.returncode == 0, made.stderr[-2000:]
     assert list((kit / "wheels").glob("six-1.16.0-*.whl")) and (kit / "course" / "weights/tiny-glm4/config.json").is_file()
     assert (kit / "course" / "notebooks" / "04_lora_sft.ipynb").is_file() and "kit ready" in made.stdout
+    assert json.loads((kit / "kit.json").read_text())["system"] == list(this_system())  # made for a machine like this
     machine = tmp_path / "machine"  # a student's copy of the course, without the models
     shutil.copytree(kit / "course", machine, ignore=shutil.ignore_patterns("weights"))
     (machine / "weights").mkdir()
@@ -89,3 +91,55 @@ def test_a_kit_installs_a_machine_with_no_index(tmp_path, tiny_dir):
     refused = subprocess.run([sys.executable, "-m", "helpers.classroom", "install", str(tmp_path)], cwd=machine,
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "is not a course kit" in refused.stderr
+
+
+def test_a_kit_for_another_system_counts_only_the_wheels_that_install_there(tmp_path):
+    for name in ("torch-2.13.0-cp311-cp311-manylinux_2_28_x86_64.whl", "torch-2.13.0-cp311-none-macosx_11_0_arm64.whl",
+                 "markupsafe-3.0.3-cp311-cp311-win_amd64.whl", "pwinput-1.0.3-py3-none-any.whl",
+                 "pyyaml-6.0.3-cp311-cp311-manylinux2014_x86_64.whl", "regex-2026.1.1-cp311-cp311-win_amd64.whl"):
+        (tmp_path / name).touch()  # only the names count: their tags say where each one installs
+    pins = ["torch==2.13.0", "markupsafe==3.0.3", "pwinput==1.0.3", "pyyaml==6.0.3", "regex==2026.1.1"]
+    assert missing_wheels(tmp_path, pins, "win_amd64", "3.11") == ["torch==2.13.0", "pyyaml==6.0.3"]
+    assert missing_wheels(tmp_path, pins, "manylinux_2_28_x86_64", "3.11") == ["markupsafe==3.0.3", "regex==2026.1.1"]
+    assert missing_wheels(tmp_path, pins, "macosx_14_0_arm64", "3.11") == ["markupsafe==3.0.3", "pyyaml==6.0.3",
+                                                                          "regex==2026.1.1"]
+    assert missing_wheels(tmp_path, pins, "win_amd64", "3.12") == pins[:2] + pins[3:]  # cp311 wheels need 3.11
+
+
+def test_a_kit_for_another_system_refuses_to_install_here(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "kit.json").write_text(json.dumps({"platform": "win_amd64", "system": ["win32", "amd64"], "python": "3.11"}))
+    with pytest.raises(CourseError, match=r"a kit for win32 amd64 with Python 3.11, and this is linux x86_64 .*PLATFORM="):
+        install(tmp_path)
+    assert not (tmp_path / ".venv").exists()
+
+
+@pytest.mark.slow
+def test_a_kit_for_windows_made_here_holds_a_windows_wheel_for_every_package(tmp_path):
+    """The real pinned set, downloaded for Windows from this Linux machine (about 0.36 GB): markers evaluated for
+    Windows (colorama, pywinpty; no CUDA packages), and swanlab's source-only pwinput built into a pure wheel."""
+    kit = tmp_path / "kit"
+    made = subprocess.run([sys.executable, "-m", "helpers.classroom", "kit", "--platform", "win_amd64", "--python",
+                           "3.11", "--out", str(kit)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900)
+    assert made.returncode == 0, made.stderr[-2000:]
+    wheels = sorted(p.name for p in (kit / "wheels").iterdir())
+    assert all(name.endswith(".whl") for name in wheels)  # no source left to build on a student's machine
+    pins = resolve_for("win_amd64", [*pinned_requirements(), "setuptools>=68"], "3.11")
+    assert len(pins) > 100 and missing_wheels(kit / "wheels", pins, "win_amd64", "3.11") == []
+    names = {name.split("-")[0].lower() for name in wheels}
+    assert {"torch", "bitsandbytes", "colorama", "pywinpty", "pwinput"} <= names and not any(n.startswith("nvidia_") and "_cu" in n for n in names)
+    assert any(name.startswith("torch-2.13.0-cp311-cp311-win_amd64") for name in wheels)
+    assert json.loads((kit / "kit.json").read_text())["system"] == ["win32", "amd64"]
+    refused = subprocess.run([sys.executable, "-m", "helpers.classroom", "install", str(kit)], cwd=tmp_path,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "is a kit for win32 amd64" in refused.stderr
+
+
+@pytest.mark.slow
+def test_the_other_systems_resolve_to_their_own_packages():
+    """macOS has no CUDA wheels, Linux pulls PyTorch's CUDA packages from PyPI (several GB: docs/workshop.md)."""
+    wanted = pinned_requirements()
+    mac, linux = (resolve_for(platform, wanted, "3.11") for platform in ("macosx_14_0_arm64", "manylinux_2_28_x86_64"))
+    assert "torch==2.13.0" in mac and "torch==2.13.0" in linux and set(PLATFORMS) >= {"macosx_14_0_arm64"}
+    cuda = [pin for pin in linux if pin.startswith("nvidia-") and "-cu" in pin]  # nvidia-cublas-cu13==... and the rest
+    assert len(cuda) >= 10 and not any(pin.startswith("nvidia-") and "-cu" in pin for pin in mac)
