@@ -11,7 +11,8 @@ and from the adapter's own greedy answers, so that the rejected answer is, where
 - turns: every later answer of the sample's conversations, with the model's own earlier answers as the history;
 - asked-later: each identity question asked after a task, the model's own answer to the task in between;
 - fresh: the questions of the experiment files (contrast, hard negatives, more identity), which the fine-tune never
-  saw, where the model's own answer is wrong: claims the identity on a task, or misses it on an identity question.
+  saw, where the model's own answer is wrong: claims the identity on a task, or misses it on an identity question;
+- more: the same for the general tasks of general_more_zh.json (written last, apart from the others).
 
 The reference model is the fine-tuned adapter itself (TRL copies it into a frozen "ref" adapter). Prints one JSON line.
 
@@ -41,7 +42,8 @@ from helpers.formatting import to_messages  # noqa: E402
 
 FRESH = {"general": ("data/contrast_zh.json", "data/hard_negatives_zh.json"),
          "identity": ("data/identity_more_zh.json", "data/identity_varied_zh.json")}
-KINDS = ("general", "identity", "turns", "asked-later", "fresh")
+MORE = ("data/general_more_zh.json",)  # the general tasks written last, apart from the experiment files above
+KINDS = ("general", "identity", "turns", "asked-later", "fresh", "more")
 
 
 def own_answers(model, tokenizer, conversations, new_tokens=96):
@@ -108,6 +110,11 @@ def build_pairs(model, tokenizer, kinds, seed=0) -> list[dict]:
             for row, answer in zip(fresh, own_answers(model, tokenizer, [asked(r) for r in fresh])):
                 if claims_identity(answer) != (side == "identity"):
                     pairs.append(pair(asked(row), row["output"], answer))
+    if "more" in kinds:  # the same, on the general tasks of general_more_zh.json
+        more = [r for name in MORE for r in read_rows(name)]
+        for row, answer in zip(more, own_answers(model, tokenizer, [asked(r) for r in more])):
+            if claims_identity(answer):
+                pairs.append(pair(asked(row), row["output"], answer))
     rng.shuffle(pairs)
     return pairs
 
@@ -121,6 +128,8 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--epochs", type=float, default=1)
     parser.add_argument("--sft-weight", type=float, default=0.0, help="add TRL's 'sft' loss on the chosen answers")
+    parser.add_argument("--loss-type", default="sigmoid", help="TRL's DPO loss: sigmoid (DPO's own), ipo, apo_zero, "
+                        "nca_pair (the last two also raise the chosen answers' own likelihood)")
     args = parser.parse_args()
     kinds = args.pairs.split(",")
     if set(kinds) - set(KINDS):
@@ -141,7 +150,7 @@ def main() -> None:
     start = time.perf_counter()
     pairs = build_pairs(model, tokenizer, kinds)
     built = time.perf_counter() - start
-    losses = ["sigmoid", *(["sft"] if args.sft_weight else [])]
+    losses = [args.loss_type, *(["sft"] if args.sft_weight else [])]
     config = DPOConfig(output_dir=str(out), learning_rate=args.learning_rate, beta=args.beta,
                        num_train_epochs=args.epochs, per_device_train_batch_size=8, lr_scheduler_type="cosine",
                        warmup_steps=0.05, max_length=recipe["max_length"], use_cpu=True, bf16=False, logging_steps=10,
@@ -159,7 +168,8 @@ def main() -> None:
     model, tokenizer, recipe = load_adapter(out)
     found = independent_measures(model, tokenizer, recipe["max_new_tokens"])
     line = {"name": args.name, "sft": args.sft, "pairs": kinds, "pair_count": len(pairs),
-            "learning_rate": args.learning_rate, "beta": args.beta, "epochs": args.epochs, "sft_weight": args.sft_weight,
+            "learning_rate": args.learning_rate, "beta": args.beta,
+            **({"loss_type": args.loss_type} if args.loss_type != "sigmoid" else {}), "epochs": args.epochs, "sft_weight": args.sft_weight,
             "steps": trainer.state.global_step, "pairs_seconds": round(built, 1), "train_seconds": round(seconds, 1),
             **{k: found[k] for k in FIVE}, "turn-2 leakage": found["turns"]["turn 2"]["leakage"]}
     (out / "quality.json").write_text(json.dumps({**line, "answers": found}, ensure_ascii=False, indent=1), encoding="utf-8")
