@@ -54,7 +54,7 @@ student: setup
 	$(PYTHON) -m helpers.classroom student
 
 kit: setup tiny
-	$(if $(PLATFORM),$(PYTHON) -m pip install --quiet -e ".[kit]")
+	$(if $(PLATFORM),@$(PYTHON) -c "import uv" 2>/dev/null || $(PYTHON) -m pip install --quiet -e ".[kit]")
 	$(PYTHON) -m helpers.classroom kit $(if $(WITH_9B),--with-9b) $(if $(PLATFORM),--platform $(PLATFORM))
 
 install-kit:
