@@ -40,9 +40,10 @@ from helpers.data import IDENTITY, load_alpaca, read_rows  # noqa: E402
 from helpers.evaluate import FIVE, claims_identity, independent_measures, reply_batch  # noqa: E402
 from helpers.formatting import to_messages  # noqa: E402
 
-FRESH = {"general": ("data/contrast_zh.json", "data/hard_negatives_zh.json"),
-         "identity": ("data/identity_more_zh.json", "data/identity_varied_zh.json")}
-MORE = ("data/general_more_zh.json",)  # the general tasks written last, apart from the experiment files above
+# pair kinds from files the fine-tune never saw, each file's side: its questions ask for the identity or not
+UNSEEN = {"fresh": {"general": ("data/contrast_zh.json", "data/hard_negatives_zh.json"),
+                    "identity": ("data/identity_more_zh.json", "data/identity_varied_zh.json")},
+          "more": {"general": ("data/general_more_zh.json",)}}  # the general tasks written last, apart from the rest
 KINDS = ("general", "identity", "turns", "asked-later", "fresh", "more")
 
 
@@ -104,17 +105,14 @@ def build_pairs(model, tokenizer, kinds, seed=0) -> list[dict]:
         for history, answer, row in zip(histories, own_answers(model, tokenizer, histories), identity):
             bad = answer if not claims_identity(answer) else rng.choice(tasks)["output"]
             pairs.append(pair(history, row["output"], bad))
-    if "fresh" in kinds:  # only where the model is wrong on questions it never trained on
-        for side, files in FRESH.items():
-            fresh = [r for name in files for r in read_rows(name)]
-            for row, answer in zip(fresh, own_answers(model, tokenizer, [asked(r) for r in fresh])):
+    for kind, sides in UNSEEN.items():  # only where the model is wrong on questions it never trained on
+        if kind not in kinds:
+            continue
+        for side, files in sides.items():
+            unseen = [r for name in files for r in read_rows(name)]
+            for row, answer in zip(unseen, own_answers(model, tokenizer, [asked(r) for r in unseen])):
                 if claims_identity(answer) != (side == "identity"):
                     pairs.append(pair(asked(row), row["output"], answer))
-    if "more" in kinds:  # the same, on the general tasks of general_more_zh.json
-        more = [r for name in MORE for r in read_rows(name)]
-        for row, answer in zip(more, own_answers(model, tokenizer, [asked(r) for r in more])):
-            if claims_identity(answer):
-                pairs.append(pair(asked(row), row["output"], answer))
     rng.shuffle(pairs)
     return pairs
 

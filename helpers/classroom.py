@@ -22,7 +22,7 @@ from pathlib import Path
 
 from helpers import REPO_ROOT, CourseError, resolve, run_cli, shown
 from helpers.families import FAMILIES
-from helpers.platforms import PLATFORMS, download_for, resolve_for, this_system
+from helpers.platforms import PLATFORMS, download_for, resolve_for, this_python, this_system
 from helpers.tiny import DEFAULT_OUT as TINY
 
 PLACEHOLDER = "# 在这里写你的答案"
@@ -71,7 +71,7 @@ def make_kit(out=None, requirements=None, with_9b=False, platform=None, python=N
     ``platform`` (a key of PLATFORMS) makes it for students on another system, for Python ``python``."""
     if platform and platform not in PLATFORMS:
         raise CourseError(f"no kit for {platform}: choose one of {', '.join(PLATFORMS)}.")
-    python = python or f"{sys.version_info.major}.{sys.version_info.minor}"
+    python = python or this_python()
     out = resolve(out or (f"kit-{platform}" if platform else "kit"))
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def install(kit, requirements=None) -> Path:
     if not (kit / "wheels").is_dir():
         raise CourseError(f"{kit} is not a course kit (no wheels/ in it): give the folder `make kit` wrote.")
     info = json.loads((kit / "kit.json").read_text(encoding="utf-8")) if (kit / "kit.json").is_file() else None
-    here = (*this_system(), f"{sys.version_info.major}.{sys.version_info.minor}")
+    here = (*this_system(), this_python())
     if info and (*info["system"], info["python"]) != here:
         raise CourseError(f"{kit} is a kit for {' '.join(info['system'])} with Python {info['python']}, and this is "
                           f"{' '.join(here[:2])} with Python {here[2]}: make one for this machine (make kit PLATFORM=...).")

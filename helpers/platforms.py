@@ -33,6 +33,11 @@ def this_system() -> tuple[str, str]:
     return sys.platform, host.machine().lower()
 
 
+def this_python() -> str:
+    """The version of the Python running this, as a kit records it: "3.11"."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
 def uv_command() -> list[str]:
     """How to run uv, which resolves a kit's packages for another system (pip resolves for this one only)."""
     if importlib.util.find_spec("uv"):
@@ -112,8 +117,8 @@ def download_for(platform: str, pins: list[str], wheels: Path, python: str) -> N
         name = parse_sdist_filename(source.name)[0]
         built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
                                 str(wheels), str(source)], capture_output=True, text=True)
-        pure = [w for w in wheels.glob("*.whl") if parse_wheel_filename(w.name)[0] == name
-                and all(tag.platform == "any" for tag in parse_wheel_filename(w.name)[3])]
+        found = (parse_wheel_filename(w.name) for w in wheels.glob("*.whl"))
+        pure = [tags for wheel, _, _, tags in found if wheel == name and all(tag.platform == "any" for tag in tags)]
         if built.returncode or not pure:
             raise CourseError(f"{source.name} has no wheel for {platform} and is not pure Python: "
                               f"make this kit on a {platform} machine instead.")
