@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny GLM-4 (built once when missing), notebook runs, notebook 04's default run.
 
-Train once, reuse everywhere: notebook 04 runs once per session with its defaults (``nb04``), and its adapter
+Train once, reuse everywhere: notebook 04 runs once per test run with its defaults (``nb04``, shared by the
+pytest-xdist workers that ``make test`` starts), and its adapter
 (``adapter``) is what the chat, evaluate, merge, serve and notebook 05/06 tests load. Tests that need training
 or a notebook are marked ``slow``; ``make test-fast`` runs the rest.
 """
@@ -16,6 +17,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist each worker, and every kernel and command it starts, computes on one thread: two workers
+    # of PyTorch's default thread count on two cores wait on each other (notebook 05 ran over 10 minutes, not 3).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from helpers import REPO_ROOT, resolve  # noqa: E402
 
@@ -162,12 +167,28 @@ def run_cells(name, parameters=None, source_edits=()):
 @pytest.fixture(scope="session")
 def nb04(tmp_path_factory, tiny_dir):
     """Notebook 04 run once with its defaults (the whole tiny training), tracked in SwanLab's local mode.
-    The adapter is in ``run.adapter``; notebook 05's tests start from it."""
-    out_dir = tmp_path_factory.mktemp("nb04")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SWANLAB_LOG_DIR", str(out_dir / "swanlog"))  # the kernel inherits the environment
-        run = execute("04_lora_sft.ipynb", out_dir, RECIPE="tiny", OUTPUT_DIR=str(out_dir / "adapter"),
-                      TRACKING="local")
+    The adapter is in ``run.adapter``; notebook 05's tests start from it.
+
+    Once per test run, not once per process: under pytest-xdist (``make test`` runs two workers) the first worker
+    that needs it runs the notebook in the folder all workers share, holding a file lock, and the others wait
+    for it and read the same executed copy, its status included."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # xdist gives each worker basetemp/popen-gwN; their parent is the run's own
+    out_dir, status_file = shared / "nb04", shared / "nb04" / "status.txt"
+    with FileLock(str(shared / "nb04.lock")):
+        if not status_file.is_file():
+            out_dir.mkdir(exist_ok=True)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("SWANLAB_LOG_DIR", str(out_dir / "swanlog"))  # the kernel inherits the environment
+                if os.environ.get("PYTEST_XDIST_WORKER"):  # the run everything else waits for: two threads
+                    mp.setenv("OMP_NUM_THREADS", "2")
+                run = execute("04_lora_sft.ipynb", out_dir, RECIPE="tiny", OUTPUT_DIR=str(out_dir / "adapter"),
+                              TRACKING="local")
+            status_file.write_text(run.status, encoding="utf-8")
+    run = Executed(status_file.read_text(encoding="utf-8"), out_dir / "04_lora_sft.ipynb")
     assert run.status == "ok", run.status
     run.adapter, run.dir = out_dir / "adapter", out_dir
     return run

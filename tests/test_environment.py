@@ -52,8 +52,8 @@ def test_packaging_says_what_the_code_needs_and_keeps_test_tools_apart():
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
     assert project["requires-python"] == ">=3.11"  # tomllib and the helpers' typing need 3.11
     runtime = {re.split(r"[=<>]", d)[0].lower() for d in project["dependencies"]}
-    assert not runtime & {"pytest", "selenium"}  # a learner's environment does not need the test tools
-    assert {d.split("==")[0] for d in project["optional-dependencies"]["test"]} == {"pytest", "selenium", "uv"}
+    assert not runtime & {"pytest", "pytest-xdist", "selenium"}  # a learner's environment does not need the test tools
+    assert {d.split("==")[0] for d in project["optional-dependencies"]["test"]} == {"pytest", "pytest-xdist", "selenium", "uv"}
     assert project["optional-dependencies"]["kit"] == ["uv==0.13.9"]  # kits for other systems: make kit PLATFORM=...
     for comment in re.findall(r"tests/\S+\.py", (REPO_ROOT / "pyproject.toml").read_text()):
         assert (REPO_ROOT / comment).is_file(), comment
