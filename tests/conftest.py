@@ -17,7 +17,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-if os.environ.get("PYTEST_XDIST_WORKER"):
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1 ... under pytest-xdist; None in one process
+if XDIST_WORKER:
     # Under pytest-xdist each worker, and every kernel and command it starts, computes on one thread: two workers
     # of PyTorch's default thread count on two cores wait on each other (notebook 05 ran over 10 minutes, not 3).
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -175,20 +176,21 @@ def nb04(tmp_path_factory, tiny_dir):
     from filelock import FileLock
 
     shared = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    if XDIST_WORKER:
         shared = shared.parent  # xdist gives each worker basetemp/popen-gwN; their parent is the run's own
     out_dir, status_file = shared / "nb04", shared / "nb04" / "status.txt"
     with FileLock(str(shared / "nb04.lock")):
-        if not status_file.is_file():
+        if status_file.is_file():  # another worker ran it
+            run = Executed(status_file.read_text(encoding="utf-8"), out_dir / "04_lora_sft.ipynb")
+        else:
             out_dir.mkdir(exist_ok=True)
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("SWANLAB_LOG_DIR", str(out_dir / "swanlog"))  # the kernel inherits the environment
-                if os.environ.get("PYTEST_XDIST_WORKER"):  # the run everything else waits for: two threads
+                if XDIST_WORKER:  # the run everything else waits for: two threads
                     mp.setenv("OMP_NUM_THREADS", "2")
                 run = execute("04_lora_sft.ipynb", out_dir, RECIPE="tiny", OUTPUT_DIR=str(out_dir / "adapter"),
                               TRACKING="local")
             status_file.write_text(run.status, encoding="utf-8")
-    run = Executed(status_file.read_text(encoding="utf-8"), out_dir / "04_lora_sft.ipynb")
     assert run.status == "ok", run.status
     run.adapter, run.dir = out_dir / "adapter", out_dir
     return run
