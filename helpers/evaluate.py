@@ -207,13 +207,18 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="sample", help="the data whose test split is measured (default: sample)")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: the adapter recipe's")
     parser.add_argument("--json", help="also write every measure and answer to this JSON file")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="measure only the first N rows of each set: a quick check (default: all of them)")
     args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit {args.limit}: give 1 or more rows, or leave it out to measure every row")
     disable_progress_bars()  # of the data preparation: one line says what it did
     model, tokenizer, recipe = load_adapter(args.adapter)
     max_new_tokens = args.max_new_tokens or recipe["max_new_tokens"]
     heldout = load_alpaca(args.data, split="test")
-    talks = [to_messages(row) for row in heldout if row.get("messages")]  # conversations, measured at turns 2 and 3
+    talks = [to_messages(row) for row in heldout if row.get("messages")][:args.limit]  # measured at turns 2 and 3
     rows = heldout.filter(lambda row: not row.get("messages"))  # single questions
+    rows = rows.select(range(min(args.limit, len(rows)))) if args.limit else rows
     examples = prepare_dataset(rows, tokenizer, recipe["max_length"])
     if not len(examples):
         raise CourseError(f"no held-out row of {args.data} fits in {recipe['max_length']} tokens: measure other data.")
@@ -221,10 +226,10 @@ def main(argv=None) -> int:
     try:
         for name, switch in (("base", model.disable_adapter), ("fine-tuned", contextlib.nullcontext)):
             with switch():
+                own = measure_own_turns(model, tokenizer, [as_turns(t) for t in talks], max_new_tokens) if talks else {}
                 found[name] = {"heldout": measure(model, tokenizer, rows, examples, max_new_tokens),
-                               "turns": measure_turns(model, tokenizer, talks, max_new_tokens),
-                               "own turns": measure_own_turns(model, tokenizer, [as_turns(t) for t in talks], max_new_tokens)
-                               if talks else {}, "independent": independent_measures(model, tokenizer, max_new_tokens)}
+                               "turns": measure_turns(model, tokenizer, talks, max_new_tokens), "own turns": own,
+                               "independent": independent_measures(model, tokenizer, max_new_tokens, args.limit)}
     except ValueError as err:  # a question longer than the model's context
         raise CourseError(f"{args.data}: {err}") from None
     base, tuned = found["base"], found["fine-tuned"]

@@ -114,7 +114,7 @@ def test_the_rehearsal_adapters_chat_and_evaluate(which, request):
     from helpers.evaluate import main as evaluate
 
     out = request.getfixturevalue(which)[0].output_path
-    code, printed, err = run_main(evaluate, "--adapter", str(out), "--max-new-tokens", "2")
+    code, printed, err = run_main(evaluate, "--adapter", str(out), "--max-new-tokens", "2", "--limit", "4")
     assert code == 0 and printed.strip().splitlines()[-1].startswith("fine-tuned"), err[-2000:]
     if which == "qlora":  # a fresh process, as a learner starts it: bitsandbytes' harmless kernel notice is quiet
         chat = run_module("helpers.chat", "--adapter", str(out), "--max-new-tokens", "6", input="你是谁？\n", timeout=300)
