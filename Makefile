@@ -36,7 +36,9 @@ $(TESTING): $(INSTALLED)
 	@touch $@
 
 # Two worker processes (pytest-xdist), each test file whole in one of them; notebook 04's training runs once for both.
-XDIST := -n 2 --dist loadfile
+# Files go out in the order tests/conftest.py sets (--no-loadscope-reorder): notebook 04 first, the files that load
+# its adapter last, so the other worker runs everything else meanwhile instead of waiting.
+XDIST := -n 2 --dist loadfile --no-loadscope-reorder
 
 test: setup tiny $(TESTING)
 	$(OFFLINE) $(PYTHON) -m pytest $(XDIST)

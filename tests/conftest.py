@@ -28,6 +28,30 @@ from helpers import REPO_ROOT, resolve  # noqa: E402
 NOTEBOOKS = REPO_ROOT / "notebooks"
 
 
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, notebook 04's file comes first and the files that load its adapter come last. The worker
+    that takes notebook 04 starts its training at once, on one thread, while the other runs every test that needs no
+    trained adapter: no worker waits, and no core is left idle (a worker blocked on the file lock computes nothing).
+    In one process the order stays as collected."""
+    if not XDIST_WORKER:
+        return
+    waits = {item.path for item in items if {"nb04", "adapter"} & set(item.fixturenames)}  # the closure of each test
+
+    def order(item):
+        if item.path.name == "test_notebook_04.py":
+            return 0, 0
+        if item.path in waits:  # the longest of them first, so that both workers finish at about the same time
+            return 2, LONGEST_WAITING.index(item.path.name) if item.path.name in LONGEST_WAITING else len(LONGEST_WAITING)
+        return 1, 0
+
+    items.sort(key=order)
+
+
+# the files that wait for notebook 04 and take longest (make test's slowest list): notebook 05 runs its notebook, two
+# short trainings included; the classroom's student copies run seven notebooks; the browser drives JupyterLab
+LONGEST_WAITING = ("test_notebook_05.py", "test_classroom.py", "test_browser.py")
+
+
 @pytest.fixture(scope="session")
 def tiny_dir():
     """weights/tiny-glm4, built by `make tiny`, or here when a test run starts without it."""
@@ -186,8 +210,6 @@ def nb04(tmp_path_factory, tiny_dir):
             out_dir.mkdir(exist_ok=True)
             with pytest.MonkeyPatch.context() as mp:
                 mp.setenv("SWANLAB_LOG_DIR", str(out_dir / "swanlog"))  # the kernel inherits the environment
-                if XDIST_WORKER:  # the run everything else waits for: two threads
-                    mp.setenv("OMP_NUM_THREADS", "2")
                 run = execute("04_lora_sft.ipynb", out_dir, RECIPE="tiny", OUTPUT_DIR=str(out_dir / "adapter"),
                               TRACKING="local")
             status_file.write_text(run.status, encoding="utf-8")

@@ -9,6 +9,7 @@ the cells) and, after notebook 05's merge, runs an earlier step again, as "Run A
 
 import ast
 import json
+import os
 import subprocess
 import sys
 
@@ -60,9 +61,12 @@ def test_the_copied_cells_of_03_to_05_are_a_working_fine_tune(tmp_path, tiny_dir
     assert imported <= ALLOWED, imported - ALLOWED
     path = tmp_path / "fine_tune.py"
     path.write_text(source, encoding="utf-8")
+    env = {"MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin",
+           "HOME": str(tmp_path)}  # a plain terminal's, not the test run's
+    if "OMP_NUM_THREADS" in os.environ:  # under make test, one thread like every command of its worker (conftest)
+        env["OMP_NUM_THREADS"] = os.environ["OMP_NUM_THREADS"]
     result = subprocess.run([sys.executable, str(path)], cwd=NOTEBOOKS, capture_output=True, text=True, timeout=900,
-                            env={"MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                                 "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+                            env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "6 steps (planned 6)" in out and "GlmForCausalLM from adapter-merged" in out
