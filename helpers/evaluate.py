@@ -233,20 +233,24 @@ def main(argv=None) -> int:
     except ValueError as err:  # a question longer than the model's context
         raise CourseError(f"{args.data}: {err}") from None
     base, tuned = found["base"], found["fine-tuned"]
+
+    def pct(share):  # None: no question of that kind among the rows measured (with --limit, say)
+        return "-" if share is None else f"{share:.0%}"
+
     print(f"{'held-out rows':<16}{'eval loss':>10}{'stop rate':>11}{'identity':>10}   ({len(rows)} rows, "
           f"{max_new_tokens} new tokens at most)")
     for name, m in found.items():
         print(f"{name:<16}{m['heldout']['eval_loss']:>10.3f}{m['heldout']['stop_rate']:>11.0%}"
-              f"{m['heldout']['identity_share'] or 0:>10.0%}")
+              f"{pct(m['heldout']['identity_share']):>10}")
     for turn in (turn for turn in tuned["turns"] if tuned["turns"][turn]["questions"]):  # later in a conversation
         b, t, own = base["turns"][turn], tuned["turns"][turn], tuned["own turns"][turn]
         print(f"{turn} of {len(talks)} conversations: stop rate {b['stop_rate']:.0%} -> {t['stop_rate']:.0%}, identity "
-              f"{b['identity_share'] or 0:.0%} -> {t['identity_share'] or 0:.0%} ({t['identity_questions']} identity "
+              f"{pct(b['identity_share'])} -> {pct(t['identity_share'])} ({t['identity_questions']} identity "
               f"questions); with its own earlier answers: stop rate {own['stop_rate']:.0%}, identity "
-              f"{own['identity_share'] or 0:.0%}")
+              f"{pct(own['identity_share'])}")
     print(f"{'written apart':<16}" + "".join(f"{k:>17}" for k in FIVE) + "   (data/eval/)")
     for name, m in found.items():
-        print(f"{name:<16}" + "".join(f"{m['independent'][k] or 0:>17.0%}" for k in FIVE))
+        print(f"{name:<16}" + "".join(f"{pct(m['independent'][k]):>17}" for k in FIVE))
     if args.json:
         Path(args.json).write_text(json.dumps(found, ensure_ascii=False, indent=1), encoding="utf-8")
     return 0

@@ -88,7 +88,10 @@ def test_evaluate_command_prints_base_and_fine_tuned(tmp_path, random_adapter):
     assert all(cell.endswith("%") for cell in lines[-1].split()[1:]) and len(lines[-1].split()) == 1 + 5
     code, out, err = run_main(main, "--adapter", str(random_adapter), "--max-new-tokens", "4", "--limit", "3")
     assert code == 0 and "(3 rows, 4 new tokens at most)" in out, err[-2000:]  # a quick check: 3 rows of each set
-    assert out.strip().splitlines()[-1].startswith("fine-tuned")
+    lines = out.strip().splitlines()
+    assert lines[-1].startswith("fine-tuned")
+    held = next(i for i, line in enumerate(lines) if line.startswith("held-out rows"))
+    assert lines[held + 1].split()[-1] == "-"  # the first 3 held-out rows ask no identity question: no share, not 0%
     code, _, err = run_main(main, "--adapter", str(random_adapter), "--limit", "0")
     assert code == 2 and "--limit 0: give 1 or more rows" in err
     code, _, err = run_main(main, "--adapter", str(tmp_path / "nothing"))
