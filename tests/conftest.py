@@ -26,6 +26,9 @@ if XDIST_WORKER:
 from helpers import REPO_ROOT, resolve  # noqa: E402
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
+# the files that wait for notebook 04 and take longest (make test's slowest list): notebook 05 runs its notebook, two
+# short trainings included; the classroom's student copies run seven notebooks; the browser drives JupyterLab
+LONGEST_WAITING = ("test_notebook_05.py", "test_classroom.py", "test_browser.py")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -45,11 +48,6 @@ def pytest_collection_modifyitems(config, items):
         return 1, 0
 
     items.sort(key=order)
-
-
-# the files that wait for notebook 04 and take longest (make test's slowest list): notebook 05 runs its notebook, two
-# short trainings included; the classroom's student copies run seven notebooks; the browser drives JupyterLab
-LONGEST_WAITING = ("test_notebook_05.py", "test_classroom.py", "test_browser.py")
 
 
 @pytest.fixture(scope="session")
