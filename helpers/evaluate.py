@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     heldout = load_alpaca(args.data, split="test")
     talks = [to_messages(row) for row in heldout if row.get("messages")][:args.limit]  # measured at turns 2 and 3
     rows = heldout.filter(lambda row: not row.get("messages"))  # single questions
-    rows = rows.select(range(min(args.limit, len(rows)))) if args.limit else rows
+    rows = rows.take(args.limit) if args.limit else rows
     examples = prepare_dataset(rows, tokenizer, recipe["max_length"])
     if not len(examples):
         raise CourseError(f"no held-out row of {args.data} fits in {recipe['max_length']} tokens: measure other data.")
@@ -226,9 +226,9 @@ def main(argv=None) -> int:
     try:
         for name, switch in (("base", model.disable_adapter), ("fine-tuned", contextlib.nullcontext)):
             with switch():
-                own = measure_own_turns(model, tokenizer, [as_turns(t) for t in talks], max_new_tokens) if talks else {}
+                own_turns = measure_own_turns(model, tokenizer, [as_turns(t) for t in talks], max_new_tokens) if talks else {}
                 found[name] = {"heldout": measure(model, tokenizer, rows, examples, max_new_tokens),
-                               "turns": measure_turns(model, tokenizer, talks, max_new_tokens), "own turns": own,
+                               "turns": measure_turns(model, tokenizer, talks, max_new_tokens), "own turns": own_turns,
                                "independent": independent_measures(model, tokenizer, max_new_tokens, args.limit)}
     except ValueError as err:  # a question longer than the model's context
         raise CourseError(f"{args.data}: {err}") from None
