@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -54,3 +55,21 @@ def test_gpu_benchmark_refuses_the_9b_shape_without_a_gpu():
     result = subprocess.run([sys.executable, "benchmarks/gpu_lora.py"], cwd=REPO_ROOT, capture_output=True, text=True,
                             env=NO_GPU)
     assert result.returncode != 0 and "needs a CUDA GPU" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_identity_probe_separates_the_questions_on_the_base(random_adapter, tmp_path):
+    """The probe is fit on training prompts and scored on data/eval/; the tiny base alone already ranks identity
+    questions above other tasks (a probe that learned nothing scores an AUC near 0.5). With the adapter's greedy
+    answers beside it (fine_tune_quality.py's quality.json), it counts the general tasks answered with the identity."""
+    adapter = tmp_path / "adapter"
+    shutil.copytree(random_adapter, adapter)
+    lines = (REPO_ROOT / "data/eval/general_zh.jsonl").read_text(encoding="utf-8").splitlines()
+    general = [json.loads(line)["prompt"] for line in lines[:24]]
+    answers = [{"prompt": p, "kind": "general", "claims": i in (0, 5, 7)} for i, p in enumerate(general)]
+    (adapter / "quality.json").write_text(json.dumps({"answers": {"prompts": {"answers": answers}}}), encoding="utf-8")
+    line = run_script("benchmarks/identity_probe.py", "--adapter", str(adapter), "--limit", "24")
+    assert line["train"] == [24, 24] and line["test"] == [24, 24]
+    for name in ("base", "fine-tuned"):
+        assert set(line[name]) == {"auc", "d_prime", "found_at_5pct"} and 0 <= line[name]["found_at_5pct"] <= 1
+    assert line["base"]["auc"] > 0.65 and line["base"]["d_prime"] > 0.5  # 0.74 and 0.91 here, on 24 of each
+    assert line["leaked"] == 3 and 0 <= line["leaked_above_threshold"] <= 3

@@ -102,13 +102,15 @@ def test_evaluate_command_prints_base_and_fine_tuned(tmp_path, random_adapter):
 TABLES = {"fine_tune_quality.jsonl": (lambda row: [str(row["steps"]), f"{row['train_seconds']:.0f}",
                                                    f"{row['eval_loss']:.2f}"], 10),
           "dpo_quality.jsonl": (lambda row: [str(row["pair_count"]), str(row["steps"]),
-                                             f"{row['train_seconds']:.0f}"], 3)}
+                                             f"{row['train_seconds']:.0f}"], 3),
+          "grpo_quality.jsonl": (lambda row: [str(row["prompt_count"]), str(row["steps"]),
+                                              f"{row['train_seconds']:.0f}"], 1)}
 
 
 @pytest.mark.parametrize("name", TABLES)
 def test_the_readmes_tables_of_recipes_tried_show_the_recorded_measurements(name):
-    """Each row of benchmarks/results/NAME (fine_tune_quality.py, dpo_quality.py) is a row of a README table,
-    with the same numbers."""
+    """Each row of benchmarks/results/NAME (fine_tune_quality.py, dpo_quality.py, grpo_quality.py) is a row of a
+    README table, with the same numbers."""
     from helpers import REPO_ROOT
 
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
