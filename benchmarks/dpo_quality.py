@@ -117,6 +117,19 @@ def build_pairs(model, tokenizer, kinds, seed=0) -> list[dict]:
     return pairs
 
 
+def save_and_measure(model, tokenizer, sft: Path, out: Path) -> dict:
+    """Save a second stage's adapter as training saves one (with its tokenizer, and the recipe of the adapter it
+    started from: the same base, loaded the same way), load it back as the course loads adapters, measure data/eval/."""
+    from helpers.chat import load_adapter
+
+    shutil.rmtree(out, ignore_errors=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    shutil.copy(sft / "recipe.yaml", out / "recipe.yaml")
+    model, tokenizer, recipe = load_adapter(out)
+    return independent_measures(model, tokenizer, recipe["max_new_tokens"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sft", required=True, help="runs/quality/SFT: the fine-tuned adapter to start from")
@@ -137,7 +150,6 @@ def main() -> None:
     from transformers import AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from helpers.chat import load_adapter
     from helpers.checks import check_adapter
     from helpers.models import load_model
 
@@ -159,12 +171,7 @@ def main() -> None:
     trainer.train()
     seconds = time.perf_counter() - start
     model.delete_adapter("ref")  # the frozen copy TRL made of the starting adapter
-    shutil.rmtree(out, ignore_errors=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    shutil.copy(sft / "recipe.yaml", out / "recipe.yaml")  # the same base, loaded the same way
-    model, tokenizer, recipe = load_adapter(out)
-    found = independent_measures(model, tokenizer, recipe["max_new_tokens"])
+    found = save_and_measure(model, tokenizer, sft, out)
     line = {"name": args.name, "sft": args.sft, "pairs": kinds, "pair_count": len(pairs),
             "learning_rate": args.learning_rate, "beta": args.beta,
             **({"loss_type": args.loss_type} if args.loss_type != "sigmoid" else {}), "epochs": args.epochs, "sft_weight": args.sft_weight,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -32,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets import Dataset, disable_progress_bars  # noqa: E402
 
+from benchmarks.dpo_quality import save_and_measure  # noqa: E402
 from helpers import resolve  # noqa: E402
 from helpers.data import IDENTITY, load_alpaca  # noqa: E402
-from helpers.evaluate import FIVE, claims_identity, independent_measures  # noqa: E402
+from helpers.evaluate import FIVE, claims_identity  # noqa: E402
 from helpers.formatting import to_messages  # noqa: E402
 from helpers.sft import identity_in_conversations  # noqa: E402
 
@@ -73,7 +73,6 @@ def main() -> None:
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from helpers.chat import load_adapter
     from helpers.checks import check_adapter
     from helpers.models import load_model
 
@@ -99,12 +98,7 @@ def main() -> None:
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    shutil.rmtree(out, ignore_errors=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    shutil.copy(sft / "recipe.yaml", out / "recipe.yaml")  # the same base, loaded the same way
-    model, tokenizer, recipe = load_adapter(out)
-    found = independent_measures(model, tokenizer, recipe["max_new_tokens"])
+    found = save_and_measure(model, tokenizer, sft, out)
     line = {"name": args.name, "sft": args.sft, "prompt_count": len(rows), "asking": sum(r["asks"] for r in rows),
             "single_turn": args.single_turn, "learning_rate": args.learning_rate, "temperature": args.temperature,
             "generations": args.generations, "prompts_per_step": args.prompts_per_step, "epochs": args.epochs,
