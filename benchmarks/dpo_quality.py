@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datasets import Dataset, disable_progress_bars  # noqa: E402
 
-from helpers import resolve  # noqa: E402
+from helpers import resolve, run_cli  # noqa: E402
 from helpers.data import IDENTITY, load_alpaca, read_rows  # noqa: E402
 from helpers.evaluate import FIVE, claims_identity, independent_measures, reply_batch  # noqa: E402
 from helpers.formatting import to_messages  # noqa: E402
@@ -182,4 +182,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a wrong adapter or flag: one line and exit 2, not a traceback

@@ -29,7 +29,7 @@ from datasets import disable_progress_bars  # noqa: E402
 
 import helpers.data  # noqa: E402
 import helpers.train  # noqa: E402
-from helpers import resolve  # noqa: E402
+from helpers import resolve, run_cli  # noqa: E402
 from helpers.data import read_rows  # noqa: E402
 
 
@@ -92,4 +92,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a wrong adapter or flag: one line and exit 2, not a traceback

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from datasets import Dataset, disable_progress_bars  # noqa: E402
 
 from benchmarks.dpo_quality import save_and_measure  # noqa: E402
-from helpers import resolve  # noqa: E402
+from helpers import resolve, run_cli  # noqa: E402
 from helpers.data import IDENTITY, load_alpaca  # noqa: E402
 from helpers.evaluate import FIVE, claims_identity  # noqa: E402
 from helpers.formatting import to_messages  # noqa: E402
@@ -110,4 +110,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a wrong adapter or flag: one line and exit 2, not a traceback

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from helpers import run_cli  # noqa: E402
 from helpers.chat import load_adapter  # noqa: E402
 from helpers.data import IDENTITY, load_alpaca  # noqa: E402
 from helpers.evaluate import load_eval_sets  # noqa: E402
@@ -123,4 +124,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)  # a wrong adapter or flag: one line and exit 2, not a traceback

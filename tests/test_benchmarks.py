@@ -73,3 +73,9 @@ def test_identity_probe_separates_the_questions_on_the_base(random_adapter, tmp_
         assert set(line[name]) == {"auc", "d_prime", "found_at_5pct"} and 0 <= line[name]["found_at_5pct"] <= 1
     assert line["base"]["auc"] > 0.65 and line["base"]["d_prime"] > 0.5  # 0.74 and 0.91 here, on 24 of each
     assert line["leaked"] == 3 and 0 <= line["leaked_above_threshold"] <= 3
+
+
+def test_identity_probe_refuses_a_missing_adapter_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/identity_probe.py", "--adapter", str(tmp_path / "nothing")],
+                            cwd=REPO_ROOT, capture_output=True, text=True, env=NO_GPU)
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
