@@ -76,17 +76,19 @@ def separation(identity: list[float], general: list[float]) -> dict:
     """AUC of the scores, its d', and the identity questions found at FALSE_ALARMS of the general tasks."""
     auc = sum((i > g) + 0.5 * (i == g) for i in identity for g in general) / (len(identity) * len(general))
     d_prime = math.sqrt(2) * NormalDist().inv_cdf(min(max(auc, 1e-4), 1 - 1e-4))  # AUC = Phi(d' / sqrt 2)
+    threshold = threshold_at(general)
     return {"auc": round(auc, 3), "d_prime": round(d_prime, 2),
-            "found_at_5pct": round(sum(i > threshold_at(general) for i in identity) / len(identity), 3)}
+            "found_at_5pct": round(sum(i > threshold for i in identity) / len(identity), 3)}
 
 
 def probe(model, tokenizer, train, test, l2) -> tuple[list[float], list[float]]:
     """Fit on ``train`` (identity prompts, other prompts); the scores of ``test``'s identity and general prompts."""
     x = {name: [answer_states(model, tokenizer, prompts) for prompts in pair]
          for name, pair in (("train", train), ("test", test))}
-    mean, std = torch.cat(x["train"]).mean(0), torch.cat(x["train"]).std(0) + 1e-6
+    states = torch.cat(x["train"])
+    mean, std = states.mean(0), states.std(0) + 1e-6
     labels = torch.cat([torch.ones(len(train[0])), torch.zeros(len(train[1]))])
-    w, b = fit_probe((torch.cat(x["train"]) - mean) / std, labels, l2)
+    w, b = fit_probe((states - mean) / std, labels, l2)
     identity, general = (((states - mean) / std @ w + b).tolist() for states in x["test"])
     return identity, general
 
@@ -119,7 +121,8 @@ def main() -> None:
         general = scores["fine-tuned"][1]
         leaked = [score for prompt, score in zip(test[1], general) if claimed.get(prompt)]
         line["leaked"] = len(leaked)
-        line["leaked_above_threshold"] = sum(score > threshold_at(general) for score in leaked)
+        threshold = threshold_at(general)
+        line["leaked_above_threshold"] = sum(score > threshold for score in leaked)
     print(json.dumps(line))
 
 
