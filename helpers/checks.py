@@ -148,10 +148,16 @@ def check_adapter_fits(adapter_dir: Path, base_dir: Path) -> None:
     layers = dict(base.named_modules())
     with safe_open(adapter_dir / "adapter_model.safetensors", "pt") as f:
         for key in f.keys():
-            name, matrix = key.removeprefix("base_model.model.").rsplit(".lora_", 1)
+            name, lora, matrix = key.removeprefix("base_model.model.").rpartition(".lora_")
+            if not lora:  # a whole layer trained beside the adapter (lora_modules_to_save): the base layer's shape
+                name, _, matrix = matrix.rpartition(".")
             layer, shape = layers.get(name), f.get_slice(key).get_shape()
-            expected = None if layer is None else (
-                [shape[0], layer.in_features] if matrix.startswith("A") else [layer.out_features, shape[1]])
+            if layer is None:
+                expected = None
+            elif not lora:
+                expected = list(getattr(layer, matrix).shape) if hasattr(layer, matrix) else None
+            else:  # lora_A: rank x in; lora_B: out x rank; DoRA's lora_magnitude_vector: out
+                expected = [shape[0], layer.in_features] if matrix.startswith("A") else [layer.out_features, *shape[1:]]
             if shape != expected:
                 raise CourseError(f"{shown(adapter_dir)} does not fit {shown(base_dir)} ({name} "
                                   f"{'is missing' if layer is None else f'needs {expected}, the adapter has {shape}'}): "

@@ -62,6 +62,32 @@ def test_adapter_trained_on_another_base_is_refused_before_loading(random_adapte
         check_adapter(moved(random_adapter, tmp_path, model_name_or_path=str(other)))
 
 
+def test_an_adapter_with_the_whole_lm_head_beside_it_is_checked_and_loads(random_adapter, tmp_path, tiny_dir):
+    """`--lora_modules_to_save lm_head` saves that layer whole beside the LoRA matrices: its shape is checked too."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, GlmForCausalLM
+
+    from helpers.recipes import read_recipe
+
+    recipe, adapter = read_recipe("tiny"), tmp_path / "adapter"
+    shutil.copytree(random_adapter, adapter)
+    config = LoraConfig(r=recipe["lora_r"], lora_alpha=recipe["lora_alpha"], target_modules=recipe["lora_target_modules"],
+                        modules_to_save=["lm_head"], task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), config).save_pretrained(adapter)
+    check_adapter(adapter)
+    model, _, _ = load_adapter(adapter)
+    assert any(name.endswith("lm_head.modules_to_save.default.weight") for name, _ in model.named_parameters())
+    other = tmp_path / "other-base"
+    config = AutoConfig.from_pretrained(tiny_dir)
+    config.vocab_size += 64  # the same layers, a larger vocabulary: only lm_head differs
+    GlmForCausalLM(config).save_pretrained(other)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(tiny_dir / name, other / name)
+    vocab, hidden = config.vocab_size, config.hidden_size
+    with pytest.raises(CourseError, match=rf"\(lm_head needs \[{vocab}, {hidden}\], the adapter has \[{vocab - 64}, {hidden}\]\)"):
+        check_adapter(moved(adapter, tmp_path / "moved", model_name_or_path=str(other)))
+
+
 def test_merged_model_answers_exactly_as_base_plus_adapter(random_adapter, tmp_path):
     model, tokenizer, recipe = load_adapter(random_adapter)
     messages = [{"role": "user", "content": "你是谁？"}]
