@@ -290,6 +290,31 @@ def test_ddp_on_two_cpu_processes_splits_the_data_and_saves_one_adapter(tmp_path
     assert (out / "adapter_model.safetensors").is_file() and result.stdout.count("adapter saved to") == 1
 
 
+class Collators(TrainerCallback):
+    """Keeps the data collator each training run batches its examples with."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        self.seen.append(train_dataloader.collate_fn)
+
+
+@pytest.mark.slow
+def test_padding_free_steps_have_the_losses_of_padded_ones(tmp_path, tiny_dir):
+    """tiny's default lays each step's 8 examples end to end in one row instead of padding them. Without dropout (whose
+    random positions follow the tensors' shape), every step's loss is the padded batch's."""
+    collators, losses = Collators(), {}
+    for padding_free in ("true", "false"):
+        out = tmp_path / padding_free
+        run(quick(out, "--padding_free", padding_free, "--lora_dropout", "0"), callbacks=[collators])
+        history = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text(encoding="utf-8"))["log_history"]
+        losses[padding_free] = [row[key] for row in history for key in ("loss", "eval_loss") if key in row]
+    assert [c.padding_free for c in collators.seen] == [True, False]  # the recipe's setting, and the flag turning it off
+    assert read_recipe("tiny")["padding_free"] is True and len(losses["true"]) == 4 + 2
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-4)
+
+
 @pytest.mark.slow
 def test_packed_training_runs_padding_free(tmp_path, tiny_dir):
     code, _, err = run_main(main, "--config", "tiny", "--packing", "true", "--max_steps", "2", "--eval_steps", "2",
