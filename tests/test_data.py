@@ -168,7 +168,7 @@ def character_trigrams(text):
 
 # training files the README's table of recipes tried (benchmarks/fine_tune_quality.py), beside the sample's own
 EXPERIMENT_FILES = ("data/contrast_zh.json", "data/hard_negatives_zh.json", "data/general_more_zh.json",
-                    "data/identity_more_zh.json", "data/identity_varied_zh.json")
+                    "data/unknowable_zh.json", "data/identity_more_zh.json", "data/identity_varied_zh.json")
 
 
 def test_the_experiment_files_are_what_the_readme_says():
