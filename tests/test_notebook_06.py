@@ -3,6 +3,7 @@
 import pytest
 
 from conftest import execute
+from helpers.evaluate import claims_identity
 from helpers.tutorial import free_port
 
 pytestmark = pytest.mark.slow
@@ -28,7 +29,9 @@ def test_06_streams_and_answers_a_later_turn(nb06):
     found = nb06.record
     streamed = found["streamed"]
     assert streamed["chunks"] > 3 and streamed["finish_reason"] == "stop" and "知微" in streamed["content"]
-    assert found["later_turn"]["finish_reason"] == "stop" and "知微" in found["later_turn"]["content"]
+    # the whole history reached the fine-tuned model: at turn 2 it claims its identity, its name or its lab (the base
+    # says neither); one answer, not a measure: the padding-free default answers "我是青禾实验室训练的 AI 助手。"
+    assert found["later_turn"]["finish_reason"] == "stop" and claims_identity(found["later_turn"]["content"])
 
 
 def test_06_bad_requests_get_4xx_with_a_sentence_and_the_server_goes_on(nb06):
