@@ -151,10 +151,10 @@ def training_rows(course: CourseArguments, tokenizer, max_length: int, seed: int
     return train_set, eval_set
 
 
-def export_for_trl(recipe: Recipe, train_set, eval_set, directory) -> Path:
+def export_for_trl(recipe: Recipe, train_set, eval_set, directory, max_length) -> Path:
     """The recipe as TRL's own `trl sft` runs it: TRL's keys only, paths made absolute, and its training and evaluation
     rows as `messages` JSONL beside it (`dataset_name`). TRL then tokenizes them itself, and cuts rows longer than
-    max_length where the course drops them; padding-free without packing gets no max_length, as in `train`."""
+    `max_length` where the course drops them: the one `train` gives SFTTrainer, None when padding-free without packing."""
     import yaml
 
     out = resolve(directory)
@@ -162,8 +162,7 @@ def export_for_trl(recipe: Recipe, train_set, eval_set, directory) -> Path:
         rows.select_columns(["messages", "tools"]).to_json(out / "data" / f"{split}.jsonl", force_ascii=False)
     course = {f.name for f in dataclasses.fields(CourseArguments)}
     values = {key: str(recipe.path(key)) if key in PATHS else value for key, value in recipe.items() if key not in course}
-    if values.get("padding_free") and not values.get("packing"):  # the rows written are the ones max_length kept
-        values["max_length"] = None
+    values["max_length"] = max_length
     path = out / f"{recipe.name}.yaml"
     path.write_text(yaml.safe_dump({**values, "dataset_name": str(out / "data")}, allow_unicode=True, sort_keys=False),
                     encoding="utf-8")
@@ -187,7 +186,8 @@ def train(recipe: Recipe, course: CourseArguments, training_args: SFTConfig, mod
     if training_args.padding_free and not training_args.packing:  # TRL enforces max_length only by packing, and
         training_args.max_length = None  # refuses it otherwise: the rows above are already at most max_length long
     if course.export_for_trl:
-        return {"exported": str(export_for_trl(recipe, train_set, eval_set, course.export_for_trl))}
+        return {"exported": str(export_for_trl(recipe, train_set, eval_set, course.export_for_trl,
+                                               training_args.max_length))}
     main_process = PartialState().is_main_process  # rank 0 under accelerate launch; True in one process
     mode = start_tracking(course.tracking, f"{recipe.name}-{output_dir.name}", dict(recipe)) if main_process else "disabled"
     training_args.report_to = [] if mode == "disabled" else ["swanlab"]
