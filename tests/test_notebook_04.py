@@ -9,6 +9,7 @@ import re
 
 import pytest
 
+from conftest import EXERCISE_STEPS
 from helpers.data import IDENTITY, load_alpaca
 from helpers.recipes import Recipe, read_recipe
 
@@ -61,6 +62,14 @@ def test_04_shows_predictions_a_progress_table_and_the_loss_plot(nb04):
     assert "<progress" in nb04.shown and "Validation Loss" in nb04.shown and "{'loss':" not in nb04.shown
     assert nb04.stderr == []  # no red warning under any cell
     assert not re.search(r"\d+%\|", nb04.shown)  # no library progress bar, saved at the frame it first drew
+
+
+def test_04_exercise_2_trains_a_smaller_rank_from_the_command_line(nb04):
+    cell = next(c for c in nb04.notebook.cells if '"--lora_r", "4"' in c.source)
+    printed = "".join(o.get("text", "") for o in cell.outputs)
+    # the command's last line, then this notebook's own figure to compare it with
+    assert re.search(rf"eval loss [\d.]+ -> [\d.]+ after {EXERCISE_STEPS} steps \(\d+ s\); adapter saved to", printed), printed
+    assert f"this notebook: eval loss {nb04.record['eval_loss_after']:.3f} after {nb04.record['steps']} steps" in printed
 
 
 def test_04_exercise_4_refuses_to_write_over_the_finished_run(nb04):

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import execute
+from conftest import EXERCISE_STEPS, execute
 from helpers.tutorial import CHAT_SCRIPT
 
 pytestmark = pytest.mark.slow
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def nb05(tmp_path_factory, nb04):
     out_dir = tmp_path_factory.mktemp("nb05")
     run = execute("05_adapter_chat.ipynb", out_dir, ADAPTER_DIR=str(nb04.adapter), MERGED_DIR=str(out_dir / "merged"),
-                  CHAT_SCRIPT=CHAT_SCRIPT)  # as make tutorial types it
+                  CHAT_SCRIPT=CHAT_SCRIPT, EXERCISE_STEPS=EXERCISE_STEPS)  # as make tutorial types it
     assert run.status == "ok", run.status
     run.dir = out_dir
     return run
@@ -95,6 +95,6 @@ def test_05_refuses_a_missing_adapter_in_one_sentence(tmp_path, tiny_dir):
 def test_05_exercise_6_trains_two_identity_shares_and_measures_both(nb05):
     cell = next(c for c in nb05.notebook.cells if "by_share = {}" in c.source)
     table = "".join(o["data"]["text/plain"] for o in cell.outputs if "text/plain" in o.get("data", {}))
-    assert "identity share 5%, 60 steps" in table and "identity share 40%, 60 steps" in table, table
+    assert f"identity share 5%, {EXERCISE_STEPS} steps" in table and f"identity share 40%, {EXERCISE_STEPS} steps" in table, table
     rows = {line.split()[0]: [float(x) for x in line.split()[1:]] for line in table.splitlines()[1:]}
     assert set(rows) == {"identity", "leakage"} and all(0 <= x <= 1 for r in rows.values() for x in r)
