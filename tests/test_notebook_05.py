@@ -49,7 +49,8 @@ def test_05_measures_on_the_sets_written_apart_base_against_fine_tuned(nb05):
     assert tuned["stop rate (independent)"] > base["stop rate (independent)"] + 0.5
     assert tuned["identity (independent)"] >= 0.8 and tuned["turn-2 stop (own answers)"] >= 0.9
     assert tuned["turn-2 identity (own answers)"] >= 0.6  # measured 85% (75% padded); 70% before the conversations
-    # measured 28% (23% padded; README's table); the target, 5%, is not met yet: this catches a fall back to the old 50%
+    # measured 22% (28% with LoRA dropout 0.05, 23% padded; README's table); the target, 5%, is not met yet: this
+    # catches a fall back to the old 50%
     assert tuned["leakage (independent)"] <= 0.35
     turns = found["independent"]["fine-tuned"]["turns"]
     assert turns["turn 2"]["questions"] == 48 and turns["turn 2"]["identity_questions"] > 0
