@@ -46,7 +46,8 @@ class Inspect(TrainerCallback):
 
 def rehearse(name, out):
     """Two steps of the recipe. No evaluation during them: training evaluates before and after anyway, and one at
-    step 2 would repeat the one after, with its sample answers generated in 4-bit (15 s of the QLoRA rehearsal)."""
+    step 2 would repeat the one after, with its sample answers generated in 4-bit (15 s of the QLoRA rehearsal,
+    measured once at one thread)."""
     inspect = Inspect()
     recipe, metrics = run(["--config", f"configs/{name}.yaml", "--model_name_or_path", "weights/tiny-glm4", "--use_cpu",
                            "true", "--max_steps", "2", "--eval_strategy", "no", "--save_steps", "2", "--logging_steps",
