@@ -12,7 +12,9 @@ from pathlib import Path
 
 # bitsandbytes on a CPU offers an optional faster 4-bit kernel that it would fetch from the Hugging Face hub,
 # and says so in red on import ("Failed to load CPU gemm_4bit_forward from kernels-community ... pip install
-# kernels"). Nothing is missing without it, so the course keeps that one logger quiet.
+# kernels") on CPUs with AVX512-BF16. Nothing is missing without it, so the course keeps that one logger quiet.
+# transformers imports bitsandbytes as soon as its Trainer is imported, so this must run first: each notebook
+# imports its helpers before any library (tests/test_course_shape.py holds it).
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 # PEFT still reads transformers' `is_gradient_checkpointing`, renamed `is_activation_checkpointing`, and each read
 # prints a FutureWarning under the cell that has nothing to do with the learner's code.

@@ -109,6 +109,16 @@ def test_notebooks_import_a_handful_of_helper_names(path):
     assert len(names) <= MAX_NAMES, f"{path.name} imports {len(names)} names from helpers: {sorted(names)}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_import_the_helpers_before_any_library(path):
+    """helpers/__init__.py quiets bitsandbytes' red kernel notice, which importing transformers prints on CPUs with
+    AVX512-BF16 when the qlora extra is installed: that only works if the helpers are imported first."""
+    first = ast.parse(code_cells(path)[0]).body
+    imports = [node for node in first if isinstance(node, (ast.Import, ast.ImportFrom))]
+    ours = [i for i, node in enumerate(imports) if isinstance(node, ast.ImportFrom) and node.module.startswith("helpers")]
+    assert ours and ours == list(range(len(ours))), f"{path.name}: the first cell imports a library before the helpers"
+
+
 def import_graph():
     graph = {}
     for path in HELPERS.glob("*.py"):
