@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,13 @@ if XDIST_WORKER:
 from helpers import REPO_ROOT, resolve  # noqa: E402
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
+# Debian's headless Chromium and its driver (.ci/run installs them): test_browser.py drives JupyterLab with them, and
+# runs the student copies of notebooks 04-06 there, so that test_classroom.py runs those copies only where it cannot
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+BROWSER = CHROMIUM.exists() and CHROMEDRIVER.exists()
+# a student's answer to notebook 06's first exercise, typed into its blank cell: the server must be running for it
+STUDENT_ATTEMPT_06 = ("reply = client.chat.completions.create(model=model_name, messages=question, max_tokens=8)\n"
+                      "print(reply.choices[0].finish_reason)")
 # the files that wait for notebook 04 and take longest (make test's slowest list): notebook 05 runs its notebook, two
 # short trainings included; the classroom's student copies run seven notebooks; the browser drives JupyterLab
 LONGEST_WAITING = ("test_notebook_05.py", "test_classroom.py", "test_browser.py")
@@ -141,8 +149,6 @@ class Executed:
 def execute(name_or_path, out_dir, source_edits=(), **parameters) -> Executed:
     """Run a notebook headless in a fresh kernel, as `make tutorial` does; ``source_edits`` are (old, new)
     replacements in its cells first, as a learner typing into them would make."""
-    from pathlib import Path
-
     from helpers.tutorial import run_notebook
 
     path = Path(name_or_path)

@@ -1,5 +1,7 @@
-"""JupyterLab in a real browser (Debian's headless Chromium): notebooks open unmodified, 04, 05 and 06 run through
-the UI without an error, 05's chat box answers a typed question, streamed, and stops, and 06's server answers.
+"""JupyterLab in a real browser (Debian's headless Chromium): notebooks open unmodified; the student copies of 04, 05
+and 06 (their exercises blank, as a class meets them) run through the UI without an error; 05's chat box answers a
+typed question, streamed, and stops; 06's server answers, a student's typed answer to its first exercise included.
+Where these run, test_classroom.py does not run those three copies again.
 
 Skipped, with the reason, where Chromium is not installed; `.ci/run` installs it.
 """
@@ -13,45 +15,45 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import NOTEBOOKS
+from conftest import BROWSER, CHROMEDRIVER, CHROMIUM, NOTEBOOKS, STUDENT_ATTEMPT_06
+from helpers.classroom import write_student_copies
 from helpers.tutorial import free_port
 
-CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(not (CHROMIUM.exists() and DRIVER.exists()), reason=(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(not BROWSER, reason=(
     "Chromium is not installed: apt-get install -y chromium chromium-driver fonts-noto-cjk (as root; .ci/run does)"))]
 
 
-def with_parameters(name, target, solutions=True, **values):
-    """A copy of a notebook whose parameters cell says ``values``, as a learner would type them; without its
-    exercise solutions when ``solutions`` is false (those that train run in the notebook's own papermill test)."""
-    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
-    if not solutions:
-        nb.cells = [c for c in nb.cells if "solution" not in c.metadata.get("tags", [])]
+def with_parameters(source, target, **values):
+    """A copy of a notebook in ``target`` whose parameters cell says ``values``, as a learner would type them."""
+    nb = nbformat.read(source, as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     for key, value in values.items():
         typed = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)  # "tiny", as typed
         cell.source, found = re.subn(rf"^{key} = .*$", f"{key} = {typed}", cell.source, flags=re.M)
         assert found == 1, key
-    nbformat.write(nb, target / name)
+    if source.name.startswith("06"):  # a student's answer, typed into the first blank exercise
+        next(c for c in nb.cells if "answer" in c.metadata.get("tags", [])).source = STUDENT_ATTEMPT_06
+    nbformat.write(nb, target / source.name)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, adapter):
-    """JupyterLab from the project's environment, serving edited copies of the notebooks, on a free port."""
+    """JupyterLab from the project's environment on a free port, serving notebook 03 as committed and the student
+    copies of 04, 05 and 06 with their parameters typed in."""
     root = tmp_path_factory.mktemp("lab")
     (root / "notebooks").mkdir()
     shutil.copy(NOTEBOOKS / "03_dataset_formatting.ipynb", root / "notebooks")  # as committed: it must open clean
-    with_parameters("04_lora_sft.ipynb", root / "notebooks", RECIPE="tiny", OUTPUT_DIR=str(root / "adapter"),
-                    MAX_STEPS=3, TRACKING="disabled", solutions=False)
-    with_parameters("05_adapter_chat.ipynb", root / "notebooks", ADAPTER_DIR=str(adapter),
-                    MERGED_DIR=str(root / "merged"), HELDOUT_LIMIT=1, MAX_NEW_TOKENS=48, solutions=False)
-    with_parameters("06_serving.ipynb", root / "notebooks", ADAPTER_DIR=str(adapter),
-                    MERGED_DIR=str(root / "merged-06"), PORT=free_port())
+    student = {path.name[:2]: path for path in write_student_copies(root / "student")}
+    with_parameters(student["04"], root / "notebooks", RECIPE="tiny", OUTPUT_DIR=str(root / "adapter"), MAX_STEPS=3,
+                    TRACKING="disabled")
+    with_parameters(student["05"], root / "notebooks", ADAPTER_DIR=str(adapter), MERGED_DIR=str(root / "merged"),
+                    HELDOUT_LIMIT=1, MAX_NEW_TOKENS=48)
+    with_parameters(student["06"], root / "notebooks", ADAPTER_DIR=str(adapter), MERGED_DIR=str(root / "merged-06"),
+                    PORT=free_port())
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -87,7 +89,7 @@ def browser(tmp_path_factory):
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--window-size=1400,1800", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(str(DRIVER)), options=options)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     yield driver
     driver.quit()
 
@@ -185,8 +187,13 @@ def test_05_chat_box_answers_a_typed_question_and_stops(lab, browser):
 
 
 def test_06_starts_its_server_from_the_browser_answers_and_stops_it(lab, browser):
+    from selenium.webdriver.common.by import By
+
     open_notebook(browser, lab, "06_serving.ipynb")
     run_all(browser, 600)
     shown = panel(browser).get_attribute("textContent")
     assert "finish_reason: length" in shown and "[finish_reason stop," in shown  # one end id runs on; three stop
     assert "server stopped: True" in shown and "free again: True" in shown
+    typed = panel(browser).find_element(By.XPATH, ".//div[contains(@class,'jp-CodeCell')][.//div[contains(@class,"
+                                        "'jp-InputArea')][contains(., 'reply.choices[0].finish_reason')]]")
+    assert typed.find_element(By.CSS_SELECTOR, ".jp-OutputArea").get_attribute("textContent").strip() == "length"
