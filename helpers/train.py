@@ -170,6 +170,16 @@ def export_for_trl(recipe: Recipe, train_set, eval_set, directory, max_length) -
     return path
 
 
+def final_eval_loss(trainer) -> float:
+    """The eval loss of the adapter as training left it. With step- or epoch-wise evaluation, transformers has just
+    evaluated at the last step (it does so at the end of training too), so that number is read, not measured twice;
+    with ``load_best_model_at_end`` the model is the best checkpoint's, and is measured again."""
+    last = next((log for log in reversed(trainer.state.log_history) if "eval_loss" in log), None)
+    if last is not None and last["step"] == trainer.state.global_step and not trainer.args.load_best_model_at_end:
+        return last["eval_loss"]
+    return trainer.evaluate()["eval_loss"]
+
+
 def train(recipe: Recipe, course: CourseArguments, training_args: SFTConfig, model_args: ModelConfig,
           callbacks=()) -> dict:
     """Fine-tune the recipe's base with LoRA, as notebook 04 does, and save the adapter; returns the metrics."""
@@ -209,7 +219,7 @@ def train(recipe: Recipe, course: CourseArguments, training_args: SFTConfig, mod
         start = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         seconds = time.perf_counter() - start
-        after = trainer.evaluate()["eval_loss"]
+        after = final_eval_loss(trainer)
     except TrainingDiverged as err:
         raise CourseError(str(err)) from None
     finally:

@@ -186,13 +186,23 @@ def test_early_stopping_without_its_metric_is_refused_before_loading():
     assert code == 2 and "add --metric_for_best_model eval_loss" in err and "Traceback" not in err
 
 
+class Evaluations(TrainerCallback):
+    """The step of every evaluation."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
 @pytest.mark.slow
 def test_early_stopping_stops_when_eval_loss_stops_improving(tmp_path, tiny_dir):
-    out = tmp_path / "early"  # learning rate 0: the second evaluation is no better than the first, patience 1 ends it
-    code, _, err = run_main(main, *quick(out, "--max_steps", "40", "--learning_rate", "0", "--early_stopping_patience", "1",
-                                         "--metric_for_best_model", "eval_loss", "--load_best_model_at_end", "true"))
-    assert code == 0, err[-2000:]
-    assert results(out)["steps"] == 4  # evaluated at steps 2 and 4, stopped there, not at 40
+    out, evaluations = tmp_path / "early", Evaluations()  # learning rate 0: the second evaluation is no better than the
+    _, found = run(quick(out, "--max_steps", "40", "--learning_rate", "0", "--early_stopping_patience", "1",  # first
+                         "--metric_for_best_model", "eval_loss", "--load_best_model_at_end", "true"), callbacks=[evaluations])
+    assert found["steps"] == results(out)["steps"] == 4  # evaluated at steps 2 and 4, stopped there, not at 40
+    assert evaluations.steps == [0, 2, 4, 4]  # the best checkpoint, loaded at the end, is measured once more
 
 
 @pytest.mark.slow
@@ -230,7 +240,9 @@ class StopAt(TrainerCallback):
 
 @pytest.mark.slow
 def test_resume_gives_the_same_adapter_as_an_uninterrupted_run(tmp_path, tiny_dir):
-    run(quick(tmp_path / "whole"))
+    evaluations = Evaluations()
+    run(quick(tmp_path / "whole"), callbacks=[evaluations])
+    assert evaluations.steps == [0, 2, 4]  # before training and every 2 steps; the last one is the final eval loss
     with pytest.raises(KeyboardInterrupt):
         run(quick(tmp_path / "cut"), callbacks=[StopAt(3)])
     assert [p.name for p in complete_checkpoints(tmp_path / "cut")] == ["checkpoint-2"]
