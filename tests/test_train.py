@@ -198,8 +198,9 @@ class Evaluations(TrainerCallback):
 
 @pytest.mark.slow
 def test_early_stopping_stops_when_eval_loss_stops_improving(tmp_path, tiny_dir):
-    out, evaluations = tmp_path / "early", Evaluations()  # learning rate 0: the second evaluation is no better than the
-    _, found = run(quick(out, "--max_steps", "40", "--learning_rate", "0", "--early_stopping_patience", "1",  # first
+    # learning rate 0: the second evaluation is no better than the first, and patience 1 ends the run there
+    out, evaluations = tmp_path / "early", Evaluations()
+    _, found = run(quick(out, "--max_steps", "40", "--learning_rate", "0", "--early_stopping_patience", "1",
                          "--metric_for_best_model", "eval_loss", "--load_best_model_at_end", "true"), callbacks=[evaluations])
     assert found["steps"] == results(out)["steps"] == 4  # evaluated at steps 2 and 4, stopped there, not at 40
     assert evaluations.steps == [0, 2, 4, 4]  # the best checkpoint, loaded at the end, is measured once more
