@@ -38,6 +38,15 @@ BROWSER = CHROMIUM.exists() and CHROMEDRIVER.exists()
 # a student's answer to notebook 06's first exercise, typed into its blank cell: the server must be running for it
 STUDENT_ATTEMPT_06 = ("reply = client.chat.completions.create(model=model_name, messages=question, max_tokens=8)\n"
                       "print(reply.choices[0].finish_reason)")
+
+
+def type_student_attempt(path):
+    """Notebook 06's student copy at ``path``, with STUDENT_ATTEMPT_06 typed into its first blank exercise."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    next(c for c in nb.cells if "answer" in c.metadata.get("tags", [])).source = STUDENT_ATTEMPT_06
+    nbformat.write(nb, path)
 # the files that wait for notebook 04 and take longest (make test's slowest list): notebook 05 runs its notebook, two
 # short trainings included; the classroom's student copies run seven notebooks; the browser drives JupyterLab
 LONGEST_WAITING = ("test_notebook_05.py", "test_classroom.py", "test_browser.py")

@@ -19,7 +19,7 @@ import urllib.request
 import nbformat
 import pytest
 
-from conftest import BROWSER, CHROMEDRIVER, CHROMIUM, NOTEBOOKS, STUDENT_ATTEMPT_06
+from conftest import BROWSER, CHROMEDRIVER, CHROMIUM, NOTEBOOKS, type_student_attempt
 from helpers.classroom import write_student_copies
 from helpers.tutorial import free_port
 
@@ -35,8 +35,6 @@ def with_parameters(source, target, **values):
         typed = json.dumps(value, ensure_ascii=False) if isinstance(value, str) else repr(value)  # "tiny", as typed
         cell.source, found = re.subn(rf"^{key} = .*$", f"{key} = {typed}", cell.source, flags=re.M)
         assert found == 1, key
-    if source.name.startswith("06"):  # a student's answer, typed into the first blank exercise
-        next(c for c in nb.cells if "answer" in c.metadata.get("tags", [])).source = STUDENT_ATTEMPT_06
     nbformat.write(nb, target / source.name)
 
 
@@ -48,6 +46,7 @@ def lab(tmp_path_factory, adapter):
     (root / "notebooks").mkdir()
     shutil.copy(NOTEBOOKS / "03_dataset_formatting.ipynb", root / "notebooks")  # as committed: it must open clean
     student = {path.name[:2]: path for path in write_student_copies(root / "student")}
+    type_student_attempt(student["06"])  # a student's answer to 06's first exercise
     with_parameters(student["04"], root / "notebooks", RECIPE="tiny", OUTPUT_DIR=str(root / "adapter"), MAX_STEPS=3,
                     TRACKING="disabled")
     with_parameters(student["05"], root / "notebooks", ADAPTER_DIR=str(adapter), MERGED_DIR=str(root / "merged"),

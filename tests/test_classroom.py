@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import BROWSER, STUDENT_ATTEMPT_06, execute
+from conftest import BROWSER, STUDENT_ATTEMPT_06, execute, type_student_attempt
 from helpers import REPO_ROOT, CourseError
 from helpers.classroom import PLACEHOLDER, install, pinned_requirements, venv_python, write_student_copies
 from helpers.platforms import PLATFORMS, missing_wheels, resolve_for, this_system
@@ -50,9 +50,7 @@ def test_student_copies_run(tmp_path, adapter):
                            MAX_NEW_TOKENS=32, CHAT_SCRIPT=["你好"]),
                 "06": dict(ADAPTER_DIR=str(adapter), MERGED_DIR=str(tmp_path / "merged-06"), PORT=free_port())}
     nb06 = next(c for c in copies if c.name.startswith("06"))
-    cells = json.loads(nb06.read_text(encoding="utf-8"))
-    next(c for c in cells["cells"] if "answer" in c["metadata"].get("tags", []))["source"] = STUDENT_ATTEMPT_06
-    nb06.write_text(json.dumps(cells, ensure_ascii=False), encoding="utf-8")
+    type_student_attempt(nb06)
     here = [c for c in copies if not (BROWSER and c.name[:2] in settings)]
     assert [c.name[:2] for c in here] == (["00", "01", "02", "03"] if BROWSER else [f"0{i}" for i in range(7)])
     for copy in here:
